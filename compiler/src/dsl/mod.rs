@@ -1,0 +1,1 @@
+//! The `.nib` front end (being written).

@@ -1,0 +1,179 @@
+//! The checked kernel specification: what the DSL front end hands to the planner.
+//!
+//! Everything here has been validated against the language rules and the target tables (`arch.rs`);
+//! later stages may rely on the invariants documented on each field without re-checking them.
+
+use serde::Serialize;
+
+use crate::arch::Arch;
+
+/// A 4-bit (sign + E + M = 4) minifloat element type, e.g. E2M1.
+/// Invariant: `exp_bits + man_bits == 3`, `exp_bits >= 1`, `man_bits <= 2`.
+/// No Inf/NaN encodings ("FN" semantics); exponent field 0 is subnormal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MiniFloat {
+    /// Name as written in the DSL (e.g. `e2m1`).
+    pub name: String,
+    pub exp_bits: u8,
+    pub man_bits: u8,
+    /// Exponent bias (default `2^(exp_bits-1) - 1`).
+    pub bias: i32,
+}
+
+impl MiniFloat {
+    /// The value of a 4-bit code (bit 3 = sign), computed from the definition.
+    pub fn value(&self, code: u8) -> f64 {
+        let code = code & 0xF;
+        let sign = if code & 0x8 != 0 { -1.0 } else { 1.0 };
+        let mag = code & 0x7;
+        let e = (mag >> self.man_bits) as i32;
+        let m = (mag & ((1 << self.man_bits) - 1)) as f64 / f64::from(1u32 << self.man_bits);
+        let v = if e == 0 {
+            m * 2f64.powi(1 - self.bias)
+        } else {
+            (1.0 + m) * 2f64.powi(e - self.bias)
+        };
+        sign * v
+    }
+}
+
+/// Type of the per-group block scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleType {
+    /// Power of two 2^(e-127), one byte; 0xFF is NaN.
+    E8m0,
+    /// OCP float8 e4m3fn, one byte.
+    E4m3,
+    F16,
+    Bf16,
+    F32,
+}
+
+impl ScaleType {
+    pub fn bytes(self) -> u32 {
+        match self {
+            ScaleType::E8m0 | ScaleType::E4m3 => 1,
+            ScaleType::F16 | ScaleType::Bf16 => 2,
+            ScaleType::F32 => 4,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleType::E8m0 => "e8m0",
+            ScaleType::E4m3 => "e4m3",
+            ScaleType::F16 => "f16",
+            ScaleType::Bf16 => "bf16",
+            ScaleType::F32 => "f32",
+        }
+    }
+}
+
+/// A quantized weight format: element type, one scale per `group` consecutive K elements, optional f32 tensor scale.
+/// Invariant: `group` is one of 16, 32, 64, 128.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FormatSpec {
+    pub name: String,
+    pub element: MiniFloat,
+    pub scale: ScaleType,
+    pub group: u32,
+    pub tensor_scale: bool,
+}
+
+/// Activation / output element type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DType {
+    Bf16,
+    F16,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::Bf16 => "bf16",
+            DType::F16 => "f16",
+        }
+    }
+}
+
+/// MFMA atom (M x N x K of one instruction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum MmaAtom {
+    #[serde(rename = "16x16x16")]
+    M16N16K16,
+    #[serde(rename = "32x32x8")]
+    M32N32K8,
+}
+
+impl MmaAtom {
+    pub fn m(self) -> u32 {
+        match self {
+            MmaAtom::M16N16K16 => 16,
+            MmaAtom::M32N32K8 => 32,
+        }
+    }
+    pub fn n(self) -> u32 {
+        self.m()
+    }
+    pub fn k(self) -> u32 {
+        match self {
+            MmaAtom::M16N16K16 => 16,
+            MmaAtom::M32N32K8 => 8,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            MmaAtom::M16N16K16 => "16x16x16",
+            MmaAtom::M32N32K8 => "32x32x8",
+        }
+    }
+}
+
+/// An explicit tiling, as written with `tile`/`waves`/`mma`/`stages`.
+/// Invariants (checked): tile_m % (waves_m * mma.m) == 0, tile_n % (waves_n * mma.n) == 0,
+/// tile_k % format.group == 0 or format.group % tile_k == 0 as the checker documents, N % tile_n == 0, K % tile_k == 0,
+/// LDS and register estimates within the arch budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Tiling {
+    pub tile_m: u32,
+    pub tile_n: u32,
+    pub tile_k: u32,
+    pub waves_m: u32,
+    pub waves_n: u32,
+    pub mma: MmaAtom,
+    pub stages: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Schedule {
+    /// The compiler picks the tiling for the shape and arch.
+    Auto,
+    Manual(Tiling),
+}
+
+/// One checked kernel: y[M, N] = x[M, K] * dequant(W[N, K])^T (+ bias), M dynamic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KernelSpec {
+    pub name: String,
+    /// Non-empty, no duplicates, in source order.
+    pub targets: Vec<Arch>,
+    pub x: DType,
+    pub y: DType,
+    pub n: u32,
+    pub k: u32,
+    pub format: FormatSpec,
+    /// Element type of the bias, if the kernel has one (its length is N).
+    pub bias: Option<DType>,
+    pub schedule: Schedule,
+    /// Hex SHA-256 (or other stable hash) of the kernel's source text including the formats it uses.
+    pub source_hash: String,
+}
+
+/// A checked `.nib` file: its kernels in source order, and the formats it declared (prelude excluded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckedFile {
+    pub formats: Vec<FormatSpec>,
+    pub kernels: Vec<KernelSpec>,
+}
