@@ -1,0 +1,271 @@
+//! The dequantization stage: its reference semantics and the pass that replaces it with packed bit tricks.
+//!
+//! The GPU stage calls `@nibble_dequant(word: i32, scale: f32) -> vector<8xT>` once per repacked weight word.
+//! `build_reference_fn` gives that function its meaning in plain MLIR: undo the repack permutation nibble by nibble,
+//! decode each code (through `f4E2M1FN` for e2m1, a table for other minifloats), multiply by the block scale in f32
+//! and round to the operand type. `run` is the pass: it replaces every call with the packed sequence on 32-bit
+//! words and removes the reference function:
+//!
+//! - `word & mask` leaves four bytes that read as FNUZ bf8 values `element * 2^(bias-16)` (the repack put sign,
+//!   exponent and mantissa bits exactly there); `bitreverse(word) & mask` (or `rotl(word, 4) & mask`) does the same
+//!   for the other four elements. Three instructions for eight elements.
+//! - gfx942: `v_cvt_pk_f32_bf8` turns two bytes into two f32; gfx90a has no fp8 conversion, so bytes are shifted
+//!   into the f32 fields and rescaled by one multiply by 2^111.
+//! - one packed f32 multiply per two elements applies the repacked scale, which already carries 2^(16-bias);
+//! - two f32 become one bf16x2 register by keeping their high halves (a byte permute) when element * scale is exact
+//!   in bf16 (e8m0, e4m3 scales), or by a rounding conversion otherwise.
+
+use melior::ir::{
+    attribute::{DenseElementsAttribute, DenseI64ArrayAttribute, FlatSymbolRefAttribute, IntegerAttribute},
+    operation::{OperationBuilder, OperationLike, OperationRef, WalkOrder, WalkResult},
+    r#type::IntegerType,
+    Block, BlockLike, Module, Region, RegionLike, Type, Value, ValueLike,
+};
+use melior::IrRewriter;
+
+use crate::ir::{self, Emitter, IrError};
+use crate::kernel::{dtype, DEQUANT_FN};
+use crate::plan::{Bf8Convert, Plan, SecondHalf};
+
+/// `func.func private @nibble_dequant(%word: i32, %scale: f32) -> vector<8xT>` with the reference body.
+pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+    let i32t = e.int(32);
+    let f32t = e.f32();
+    let xt = dtype(e, p.x);
+    let out = e.vector(8, xt);
+    let region = Region::new();
+    let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, e.loc), (e.vector(2, f32t), e.loc)])));
+    let b = e.at(block);
+    let arg = |i| {
+        block
+            .argument(i)
+            .map(Value::from)
+            .map_err(|err| ir::emit::build_err("func.func", err))
+    };
+    let word = arg(0)?;
+    let scale = arg(1)?;
+    let r = reference_body(&b, p, word, scale)?;
+    b.op("func.return", &[r], &[], &[])?;
+    let func = OperationBuilder::new("func.func", e.loc)
+        .add_attributes(&[
+            (e.ident("sym_name"), e.string(DEQUANT_FN)),
+            (e.ident("function_type"), e.func_type(&[i32t, e.vector(2, f32t)], &[out])),
+            (e.ident("sym_visibility"), e.string("private")),
+        ])
+        .add_regions([region])
+        .build()
+        .map_err(|err| ir::emit::build_err("func.func", err))?;
+    e.append(func);
+    Ok(())
+}
+
+fn second_half<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, word: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+    let i32t = e.int(32);
+    match p.dequant.second_half {
+        SecondHalf::Bitreverse => e.op1("llvm.intr.bitreverse", &[word], i32t, &[]),
+        SecondHalf::Rotl4 => {
+            let four = e.i32c(4)?;
+            e.op1("llvm.intr.fshl", &[word, word, four], i32t, &[])
+        }
+    }
+}
+
+/// The definition: element codes recovered one by one, decoded exactly, scaled in f32, rounded once.
+fn reference_body<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    word: Value<'c, 'b>,
+    scale: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let f32t = e.f32();
+    let elem = &p.format.element;
+    let other = second_half(e, p, word)?;
+    let mut codes = vec![];
+    for t in 0..8u32 {
+        let src = if t < 4 { word } else { other };
+        let sh = e.i32c(i64::from(8 * (t % 4)))?;
+        let byte = e.shrui(src, sh)?;
+        let seven = e.i32c(7)?;
+        let sign = e.shrui(byte, seven)?;
+        let one = e.i32c(1)?;
+        let sign = e.andi(sign, one)?;
+        let three = e.i32c(3)?;
+        let sign = e.shli(sign, three)?;
+        let ms = e.i32c(i64::from(p.dequant.mag_shift))?;
+        let mag = e.shrui(byte, ms)?;
+        let mag = e.andi(mag, seven)?;
+        codes.push(e.ori(sign, mag)?);
+    }
+    let f8 = e.vector(8, f32t);
+    let values = if elem.exp_bits == 2 && elem.man_bits == 1 && elem.bias == 1 {
+        // e2m1 is MLIR's f4E2M1FN: let arith.extf define the element values.
+        let i4 = e.int(4);
+        let c4: Vec<Value> = codes.iter().map(|c| e.trunci(*c, i4)).collect::<Result<_, _>>()?;
+        let v = e.from_elements(&c4, e.vector(8, i4))?;
+        let f4 = e.bitcast(v, e.vector(8, Type::float4_e2m1fn(e.ctx)))?;
+        e.extf(f4, f8)?
+    } else {
+        // Other minifloats: a 16-entry table of exact values, computed from the element definition.
+        let table: Vec<f32> = (0..16u8).map(|c| elem_value(elem, c) as f32).collect();
+        let tty = e.vector(16, f32t);
+        let tv = e.op1(
+            "arith.constant",
+            &[],
+            tty,
+            &[("value", DenseElementsAttribute::f32_values(tty, &table).into())],
+        )?;
+        let mut vals = vec![];
+        for c in &codes {
+            let ci = e.index_cast(*c, e.index())?;
+            vals.push(e.op1(
+                "vector.extract",
+                &[tv, ci],
+                f32t,
+                &[("static_position", DenseI64ArrayAttribute::new(e.ctx, &[i64::MIN]).into())],
+            )?);
+        }
+        e.from_elements(&vals, f8)?
+    };
+    // The repacked scale carries 2^(16 - bias); the reference undoes it to use the checkpoint's scale itself.
+    let undo = e.f32c(2f64.powi(-p.dequant.exp_offset))?;
+    let scale = e.extract(scale, 0, f32t)?;
+    let true_scale = e.mulf(scale, undo)?;
+    let sv = e.broadcast(true_scale, f8)?;
+    let prod = e.mulf(values, sv)?;
+    e.truncf(prod, e.vector(8, dtype(e, p.x)))
+}
+
+fn elem_value(elem: &crate::spec::MiniFloat, code: u8) -> f64 {
+    elem.value(code)
+}
+
+/// The packed sequence for one word: 8 elements, scaled and packed into the operand type.
+pub fn bit_trick<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    word: Value<'c, 'b>,
+    scale: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let i32t = e.int(32);
+    let f32t = e.f32();
+    let xt = dtype(e, p.x);
+    let mask = e.const_int(i64::from(p.dequant.mask as i32), i32t)?;
+    let lo = e.andi(word, mask)?;
+    let other = second_half(e, p, word)?;
+    let hi = e.andi(other, mask)?;
+    let v2f = e.vector(2, f32t);
+    let s2 = scale;
+    let mut pairs = vec![];
+    for src in [lo, hi] {
+        let f32_pairs: Vec<Value> = match p.dequant.convert {
+            Bf8Convert::Hardware => {
+                let v1 = e.broadcast(src, e.vector(1, i32t))?;
+                let bf8 = e.vbitcast(v1, e.vector(4, Type::float8_e5m2fnuz(e.ctx)))?;
+                (0..2)
+                    .map(|half| {
+                        e.op1(
+                            "amdgpu.ext_packed_fp8",
+                            &[bf8],
+                            v2f,
+                            &[("index", IntegerAttribute::new(i32t, half).into())],
+                        )
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            Bf8Convert::Shifts => {
+                // byte -> f32 bits: sign to bit 31, the 7 exponent+mantissa bits to bits 27..21. That reads as
+                // bf8 * 2^-111 (bias 127 vs 16), subnormals included; one exact multiply restores it.
+                let v4 = e.vector(4, i32t);
+                let sv = e.broadcast(src, v4)?;
+                let shifts = vec_i32(e, &[0, 8, 16, 24])?;
+                let bytes = e.shrui(sv, shifts)?;
+                let s24 = e.splat_i32(4, 24)?;
+                let sign = e.shli(bytes, s24)?;
+                let smask = e.splat_i32(4, i32::MIN)?;
+                let sign = e.andi(sign, smask)?;
+                let s21 = e.splat_i32(4, 21)?;
+                let mag = e.shli(bytes, s21)?;
+                let mmask = e.splat_i32(4, 0x0FE0_0000)?;
+                let mag = e.andi(mag, mmask)?;
+                let bits = e.ori(sign, mag)?;
+                let f = e.vbitcast(bits, e.vector(4, f32t))?;
+                let k = e.splat_f32(4, 2f32.powi(111))?;
+                let f = e.mulf(f, k)?;
+                vec![
+                    e.shuffle(f, f, &[0, 1], f32t)?,
+                    e.shuffle(f, f, &[2, 3], f32t)?,
+                ]
+            }
+        };
+        for pf in f32_pairs {
+            let prod = e.mulf(pf, s2)?;
+            let packed = if p.dequant.exact_pack {
+                // The product is exact in bf16, so its f32 low half is zero: keep the high halves.
+                let halves = e.vbitcast(prod, e.vector(4, xt))?;
+                e.shuffle(halves, halves, &[1, 3], xt)?
+            } else {
+                e.truncf(prod, e.vector(2, xt))?
+            };
+            pairs.push(packed);
+        }
+    }
+    let q0 = e.shuffle(pairs[0], pairs[1], &[0, 1, 2, 3], xt)?;
+    let q1 = e.shuffle(pairs[2], pairs[3], &[0, 1, 2, 3], xt)?;
+    e.shuffle(q0, q1, &[0, 1, 2, 3, 4, 5, 6, 7], xt)
+}
+
+fn vec_i32<'c, 'b>(e: &Emitter<'c, 'b>, values: &[i32]) -> Result<Value<'c, 'b>, IrError> {
+    let ty = e.vector(values.len() as u64, IntegerType::new(e.ctx, 32).into());
+    e.op1(
+        "arith.constant",
+        &[],
+        ty,
+        &[("value", DenseElementsAttribute::i32_values(ty, values).into())],
+    )
+}
+
+/// The dequant pass: replaces every call of `@nibble_dequant` with `bit_trick` and erases the reference function.
+/// Returns the number of calls rewritten.
+pub fn run(module: &Module<'static>, p: &Plan) -> Result<usize, IrError> {
+    let ctx = ir::context();
+    let callee = FlatSymbolRefAttribute::new(ctx, DEQUANT_FN);
+    let mut calls = vec![];
+    let mut funcs = vec![];
+    module.as_operation().walk(WalkOrder::PreOrder, |op| {
+        let name = op.name();
+        let name = name.as_string_ref().as_str().unwrap_or("");
+        if name == "func.call" && op.attribute("callee").is_ok_and(|a| a == callee.into()) {
+            calls.push(op.to_raw());
+        } else if name == "func.func"
+            && op
+                .attribute("sym_name")
+                .is_ok_and(|a| a == ir::context_string(DEQUANT_FN))
+        {
+            funcs.push(op.to_raw());
+        }
+        WalkResult::Advance
+    });
+    let rewriter = IrRewriter::new(ctx);
+    let rewriter = rewriter.as_rewriter_base();
+    for raw in &calls {
+        // SAFETY: the walk collected live ops of `module`; each call is erased only after it has been visited here.
+        let call: OperationRef<'static, '_> = unsafe { OperationRef::from_raw(*raw) };
+        let e = Emitter::before(ctx, call).ok_or_else(|| ir::emit::build_err("func.call", "detached call"))?;
+        let word = call.operand(0).map_err(|err| ir::emit::build_err("func.call", err))?;
+        let scale = call.operand(1).map_err(|err| ir::emit::build_err("func.call", err))?;
+        if word.r#type() != e.int(32) {
+            return Err(ir::emit::build_err("func.call", "dequant word must be i32"));
+        }
+        let v = bit_trick(&e, p, word, scale)?;
+        rewriter.replace_op_with_values(call, &[v]);
+    }
+    for raw in &funcs {
+        // SAFETY: as above; no call to the function remains.
+        let f: OperationRef<'static, '_> = unsafe { OperationRef::from_raw(*raw) };
+        rewriter.erase_op(f);
+    }
+    if !module.as_operation().verify() {
+        return Err(IrError::Verify { stage: "dequant" });
+    }
+    Ok(calls.len())
+}

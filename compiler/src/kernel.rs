@@ -1,0 +1,421 @@
+//! GPU stage: the plan becomes one `gpu.func` that tiles the GEMM over workgroups and waves, stages activations
+//! through LDS with a `stages`-deep ring, streams weights from global memory into registers one K iteration ahead,
+//! and multiplies on `amdgpu.mfma`. Dequantization is a call to `@nibble_dequant`, whose body states the reference
+//! semantics; the dequant pass (`dequant.rs`) replaces each call with the packed bit-trick sequence.
+
+use melior::ir::{
+    attribute::{DenseI32ArrayAttribute, IntegerAttribute},
+    operation::{OperationBuilder, OperationLike, OperationMutLike},
+    r#type::MemRefType,
+    Block, BlockLike, Location, Module, Region, RegionLike, Type, Value,
+};
+
+use crate::ir::{emit::Cmp, Emitter, IrError};
+use crate::plan::Plan;
+use crate::spec::{DType, MmaAtom};
+use crate::{dequant, ir};
+
+/// Name of the gpu.module that holds the kernel.
+pub const GPU_MODULE: &str = "nibble";
+/// Symbol of the dequantization function the kernel calls.
+pub const DEQUANT_FN: &str = "nibble_dequant";
+
+pub fn dtype<'c>(e: &Emitter<'c, '_>, d: DType) -> Type<'c> {
+    match d {
+        DType::Bf16 => Type::bfloat16(e.ctx),
+        DType::F16 => Type::float16(e.ctx),
+    }
+}
+
+/// Builds `module { gpu.module @nibble { func.func private @nibble_dequant, gpu.func @<kernel> } }`.
+pub fn build(plan: &Plan) -> Result<Module<'static>, IrError> {
+    let ctx = ir::context();
+    let loc = Location::new(ctx, &format!("{}.nib", plan.kernel), 0, 0);
+    let module = Module::new(loc);
+    let top = Emitter::new(ctx, loc, ir::emit::detach(module.body()));
+
+    let gpu_region = Region::new();
+    let gpu_block = ir::emit::detach(gpu_region.append_block(Block::new(&[])));
+    let inner = top.at(gpu_block);
+    dequant::build_reference_fn(&inner, plan)?;
+    build_kernel(&inner, plan)?;
+
+    let gpu_module = OperationBuilder::new("gpu.module", loc)
+        .add_attributes(&[(top.ident("sym_name"), top.string(GPU_MODULE))])
+        .add_regions([gpu_region])
+        .build()
+        .map_err(|e| ir::emit::build_err("gpu.module", e))?;
+    top.append(gpu_module);
+    let mut module = module;
+    module
+        .as_operation_mut()
+        .set_attribute("gpu.container_module", melior::ir::Attribute::unit(ctx));
+    if !module.as_operation().verify() {
+        return Err(IrError::Verify { stage: "gpu" });
+    }
+    Ok(module)
+}
+
+struct Args<'c, 'b> {
+    x: Value<'c, 'b>,
+    w: Value<'c, 'b>,
+    s: Value<'c, 'b>,
+    bias: Option<Value<'c, 'b>>,
+    y: Value<'c, 'b>,
+    m: Value<'c, 'b>,
+    ts: Option<Value<'c, 'b>>,
+    lds: Value<'c, 'b>,
+}
+
+fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+    let ctx = e.ctx;
+    let xt = dtype(e, p.x);
+    let yt = dtype(e, p.y);
+    let i32t = e.int(32);
+    let f32t = e.f32();
+    let memref = |elem: Type<'c>, n: u64| -> Type<'c> { MemRefType::new(elem, &[n as i64], None, None).into() };
+    let (n, k) = (u64::from(p.n), u64::from(p.k));
+    let m_max = u64::from(p.m_max);
+    let mut inputs = vec![
+        memref(xt, m_max * k),
+        memref(i32t, n * k / 8),
+        memref(f32t, n * k / u64::from(p.format.group)),
+    ];
+    if let Some(b) = p.bias {
+        inputs.push(memref(dtype(e, b), n));
+    }
+    inputs.push(memref(yt, m_max * n));
+    inputs.push(i32t);
+    if p.format.tensor_scale {
+        inputs.push(f32t);
+    }
+    let lds_space = e.attr("#gpu.address_space<workgroup>")?;
+    let lds_ty: Type = MemRefType::new(
+        xt,
+        &[i64::from(p.tiling.stages * p.lds_stage_elems)],
+        None,
+        Some(lds_space),
+    )
+    .into();
+    let mut block_args: Vec<(Type, Location)> = inputs.iter().map(|t| (*t, e.loc)).collect();
+    block_args.push((lds_ty, e.loc));
+    let region = Region::new();
+    let entry = ir::emit::detach(region.append_block(Block::new(&block_args)));
+    let arg = |i: usize| -> Result<Value<'c, 'b>, IrError> {
+        entry
+            .argument(i)
+            .map(Value::from)
+            .map_err(|err| ir::emit::build_err("gpu.func", err))
+    };
+    let mut i = 0;
+    let mut next = || -> Result<Value<'c, 'b>, IrError> {
+        let v = arg(i);
+        i += 1;
+        v
+    };
+    let x = next()?;
+    let w = next()?;
+    let s = next()?;
+    let bias = if p.bias.is_some() { Some(next()?) } else { None };
+    let y = next()?;
+    let m = next()?;
+    let ts = if p.format.tensor_scale { Some(next()?) } else { None };
+    let lds = next()?;
+    let args = Args {
+        x,
+        w,
+        s,
+        bias,
+        y,
+        m,
+        ts,
+        lds,
+    };
+    body(&e.at(entry), p, &args)?;
+
+    let i64t = e.int(64);
+    let func = OperationBuilder::new("gpu.func", e.loc)
+        .add_attributes(&[
+            (e.ident("function_type"), e.func_type(&inputs, &[])),
+            (e.ident("sym_name"), e.string(&p.symbol)),
+            (e.ident("gpu.kernel"), melior::ir::Attribute::unit(ctx)),
+            (
+                e.ident("known_block_size"),
+                DenseI32ArrayAttribute::new(ctx, &[p.threads as i32, 1, 1]).into(),
+            ),
+            (e.ident("workgroup_attributions"), IntegerAttribute::new(i64t, 1).into()),
+        ])
+        .add_regions([region])
+        .build()
+        .map_err(|err| ir::emit::build_err("gpu.func", err))?;
+    e.append(func);
+    Ok(())
+}
+
+/// Per-thread constants of the activation staging: which 16-byte vectors of the x tile this thread moves.
+struct XStaging<'c, 'b> {
+    /// Element offset in x of each vector for K iteration 0.
+    global: Vec<Value<'c, 'b>>,
+    /// Element offset in an LDS stage.
+    local: Vec<Value<'c, 'b>>,
+    /// Whether the thread has a vector in this slot (only on a ragged last slot).
+    valid: Vec<Option<Value<'c, 'b>>>,
+}
+
+fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), IrError> {
+    let t = &p.tiling;
+    let atom = p.atom;
+    let (am, an, ak) = (atom.m(), atom.n(), atom.k());
+    let xt = dtype(e, p.x);
+    let yt = dtype(e, p.y);
+    let i32t = e.int(32);
+    let i64t = e.int(64);
+    let f32t = e.f32();
+    let c = |v: u32| e.idx(i64::from(v));
+
+    let tid = e.thread_id('x')?;
+    let bx = e.block_id('x')?;
+    let by = e.block_id('y')?;
+    let wave = e.divui(tid, c(64)?)?;
+    let lane = e.remui(tid, c(64)?)?;
+    let wm = e.divui(wave, c(t.waves_n)?)?;
+    let wn = e.remui(wave, c(t.waves_n)?)?;
+    let lane_m = e.remui(lane, c(am)?)?;
+    let lane_q = e.divui(lane, c(am)?)?;
+
+    // Bounds-checked views: rows at or past M read as zero and their stores are dropped, so M tails need no branches.
+    let m_idx = e.index_cast(a.m, e.index())?;
+    let xbytes = e.muli(m_idx, c(p.k * 2)?)?;
+    let xbytes = e.index_cast(xbytes, i64t)?;
+    let xb = e.fat_buffer(a.x, xbytes)?;
+    let ybytes = e.muli(m_idx, c(p.n * 2)?)?;
+    let ybytes = e.index_cast(ybytes, i64t)?;
+    let yb = e.fat_buffer(a.y, ybytes)?;
+    let wbytes = e.const_int(i64::from(p.n) * i64::from(p.k) / 2, i64t)?;
+    let wb = e.fat_buffer(a.w, wbytes)?;
+    let sbytes = e.const_int(i64::from(p.n) * i64::from(p.k / p.format.group) * 4, i64t)?;
+    let sb = e.fat_buffer(a.s, sbytes)?;
+
+    let m0 = e.muli(by, c(t.tile_m)?)?;
+    let n0 = e.muli(bx, c(t.tile_n)?)?;
+
+    // Activation staging map: vector v of the tile (tile_m rows x tile_k/8 vectors) goes to thread v % threads.
+    let vecs_per_row = t.tile_k / 8;
+    let total_vecs = t.tile_m * vecs_per_row;
+    let mut xs = XStaging {
+        global: vec![],
+        local: vec![],
+        valid: vec![],
+    };
+    for v in 0..p.x_vecs_per_thread {
+        let vid = e.addi(tid, c(v * p.threads)?)?;
+        let row = e.divui(vid, c(vecs_per_row)?)?;
+        let col = e.remui(vid, c(vecs_per_row)?)?;
+        let col8 = e.muli(col, c(8)?)?;
+        let grow = e.addi(m0, row)?;
+        let g = e.muli(grow, c(p.k)?)?;
+        xs.global.push(e.addi(g, col8)?);
+        let l = e.muli(row, c(p.lds_row)?)?;
+        xs.local.push(e.addi(l, col8)?);
+        let ragged = (v + 1) * p.threads > total_vecs;
+        xs.valid.push(if ragged {
+            Some(e.cmpi(Cmp::Ult, vid, c(total_vecs)?)?)
+        } else {
+            None
+        });
+    }
+    let xvec = e.vector(8, xt);
+    let load_x = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
+        let koff = e.muli(kt, c(t.tile_k)?)?;
+        xs.global
+            .iter()
+            .map(|g| {
+                let idx = e.addi(*g, koff)?;
+                e.vload(xb, idx, xvec)
+            })
+            .collect()
+    };
+    let store_x = |e: &Emitter<'c, 'b>, base: Value<'c, 'b>, vecs: &[Value<'c, 'b>]| -> Result<(), IrError> {
+        for (i, v) in vecs.iter().enumerate() {
+            let idx = e.addi(base, xs.local[i])?;
+            match xs.valid[i] {
+                None => e.vstore(*v, a.lds, idx)?,
+                Some(ok) => e.if_then(ok, |inner| inner.vstore(*v, a.lds, idx))?,
+            }
+        }
+        Ok(())
+    };
+
+    // A operand: lane reads 8 contiguous K of row lane % atom_m for both MFMAs of a pair.
+    let mut a_off = vec![];
+    for ms in 0..p.m_tiles {
+        let r0 = e.muli(wm, c(p.wave_m)?)?;
+        let r = e.addi(r0, c(ms * am)?)?;
+        let r = e.addi(r, lane_m)?;
+        let ro = e.muli(r, c(p.lds_row)?)?;
+        let q8 = e.muli(lane_q, c(8)?)?;
+        a_off.push(e.addi(ro, q8)?);
+    }
+
+    // Weights: word index ((nt * K/kc + chunk) * 64 + lane) * 4 + j, see manifest::WeightLayout.
+    let kc = p.weight_layout.words_per_lane * 2 * ak;
+    let chunks_per_row = p.k / kc;
+    let lane_n = e.remui(lane, c(an)?)?;
+    let lane_qn = e.divui(lane, c(an)?)?;
+    let mut w_base = vec![];
+    let mut s_base = vec![];
+    for ns in 0..p.n_tiles {
+        let col0 = e.muli(wn, c(p.wave_n)?)?;
+        let col0 = e.addi(col0, n0)?;
+        let col0 = e.addi(col0, c(ns * an)?)?;
+        let nt = e.divui(col0, c(an)?)?;
+        let wbase = e.muli(nt, c(chunks_per_row * 64)?)?;
+        let wbase = e.addi(wbase, lane)?;
+        w_base.push(e.muli(wbase, c(p.weight_layout.words_per_lane)?)?);
+        let col = e.addi(col0, lane_n)?;
+        let sbase = e.muli(col, c(p.k / p.format.group)?)?;
+        let q8 = e.muli(lane_qn, c(8)?)?;
+        let goff = e.divui(q8, c(p.format.group)?)?;
+        s_base.push(e.addi(sbase, goff)?);
+    }
+    let wvec = e.vector(4, i32t);
+    let svec = e.vector(u64::from(p.scales_per_iter), f32t);
+    let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
+        let mut out = vec![];
+        let chunk0 = e.muli(kt, c(p.wchunks_per_iter * 64 * p.weight_layout.words_per_lane)?)?;
+        for base in &w_base {
+            for ch in 0..p.wchunks_per_iter {
+                let idx = e.addi(*base, chunk0)?;
+                let idx = e.addi(idx, c(ch * 64 * p.weight_layout.words_per_lane)?)?;
+                out.push(e.vload(wb, idx, wvec)?);
+            }
+        }
+        Ok(out)
+    };
+    let load_s = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
+        let off = e.muli(kt, c(p.scales_per_iter)?)?;
+        s_base
+            .iter()
+            .map(|base| {
+                let idx = e.addi(*base, off)?;
+                e.vload(sb, idx, svec)
+            })
+            .collect()
+    };
+
+    // Prologue: fill stages 0..stages-1 of the ring, fetch iteration 0's weights and scales.
+    let ring = t.stages.max(1);
+    for st in 0..ring.saturating_sub(1).min(p.k_iters) {
+        let vecs = load_x(e, c(st)?)?;
+        store_x(e, c(st * p.lds_stage_elems)?, &vecs)?;
+    }
+    if ring > 1 {
+        e.barrier()?;
+    }
+    let acc_len = u64::from(am * an / 64);
+    let mut inits = vec![];
+    for _ in 0..p.m_tiles * p.n_tiles {
+        inits.push(e.splat_f32(acc_len, 0.0)?);
+    }
+
+    let dq_ty = e.vector(8, xt);
+    let shape = (am, an, ak);
+    let results = e.for_loop(c(0)?, c(p.k_iters)?, c(1)?, &inits, |l, kt, it| {
+        let mut accs = it;
+        // Weights and scales are loaded at the top of the iteration and consumed once, straight from the loads'
+        // destination registers: carrying them across iterations as loop values costs a register copy per
+        // dword, which is more VALU than the dequantization budget allows. Latency is hidden by occupancy.
+        let wcur = load_w(&l, kt)?;
+        let scur = load_s(&l, kt)?;
+        let stage = l.remui(kt, l.idx(i64::from(ring))?)?;
+        let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
+        let xnext = if ring > 1 {
+            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+            Some(load_x(&l, ahead)?)
+        } else {
+            // One buffer: wait until every wave is done with the previous tile before overwriting it.
+            let v = load_x(&l, kt)?;
+            l.barrier()?;
+            store_x(&l, sbase, &v)?;
+            l.barrier()?;
+            None
+        };
+        for pair in 0..p.pairs_per_iter {
+            let mut a_lo = vec![];
+            let mut a_hi = vec![];
+            for off in &a_off {
+                let idx = l.addi(sbase, *off)?;
+                let idx = l.addi(idx, l.idx(i64::from(pair * 2 * ak))?)?;
+                let av = l.vload(a.lds, idx, dq_ty)?;
+                a_lo.push(l.shuffle(av, av, &[0, 1, 2, 3], xt)?);
+                a_hi.push(l.shuffle(av, av, &[4, 5, 6, 7], xt)?);
+            }
+            for ns in 0..p.n_tiles as usize {
+                let wv = wcur[ns * p.wchunks_per_iter as usize + (pair / 4) as usize];
+                let word = l.extract(wv, i64::from(pair % 4), i32t)?;
+                let slot = i64::from(p.scale_slot(pair));
+                let scale = l.shuffle(scur[ns], scur[ns], &[slot, slot], f32t)?;
+                let b = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
+                let b_lo = l.shuffle(b, b, &[0, 1, 2, 3], xt)?;
+                let b_hi = l.shuffle(b, b, &[4, 5, 6, 7], xt)?;
+                for ms in 0..p.m_tiles as usize {
+                    let i = ms * p.n_tiles as usize + ns;
+                    let acc = l.mfma(shape, a_lo[ms], b_lo, accs[i])?;
+                    accs[i] = l.mfma(shape, a_hi[ms], b_hi, acc)?;
+                }
+            }
+        }
+        if let Some(v) = xnext {
+            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+            let st = l.remui(ahead, l.idx(i64::from(ring))?)?;
+            let base = l.muli(st, l.idx(i64::from(p.lds_stage_elems))?)?;
+            store_x(&l, base, &v)?;
+            l.barrier()?;
+        }
+        Ok(accs)
+    })?;
+
+    // Epilogue: accumulator register r of lane l holds row/col per the MFMA output layout.
+    for ms in 0..p.m_tiles {
+        for ns in 0..p.n_tiles {
+            let acc = results[(ms * p.n_tiles + ns) as usize];
+            let r0 = e.muli(wm, c(p.wave_m)?)?;
+            let r0 = e.addi(r0, m0)?;
+            let r0 = e.addi(r0, c(ms * am)?)?;
+            let c0 = e.muli(wn, c(p.wave_n)?)?;
+            let c0 = e.addi(c0, n0)?;
+            let c0 = e.addi(c0, c(ns * an)?)?;
+            let col = e.addi(c0, lane_n)?;
+            let bias = match (a.bias, p.bias) {
+                (Some(b), Some(bt)) => {
+                    let v = e.load(b, col, dtype(e, bt))?;
+                    Some(e.extf(v, f32t)?)
+                }
+                _ => None,
+            };
+            let q4 = e.muli(lane_qn, c(4)?)?;
+            for r in 0..acc_len as u32 {
+                let row_in = match p.atom {
+                    MmaAtom::M16N16K16 => c(r)?,
+                    MmaAtom::M32N32K8 => c(8 * (r / 4) + r % 4)?,
+                };
+                let row = e.addi(r0, row_in)?;
+                let row = e.addi(row, q4)?;
+                let mut v = e.extract(acc, i64::from(r), f32t)?;
+                if let Some(ts) = a.ts {
+                    v = e.mulf(v, ts)?;
+                }
+                if let Some(b) = bias {
+                    v = e.addf(v, b)?;
+                }
+                let o = e.truncf(v, yt)?;
+                let idx = e.muli(row, c(p.n)?)?;
+                let idx = e.addi(idx, col)?;
+                e.store(o, yb, idx)?;
+            }
+        }
+    }
+    let _ = i64t;
+    e.op("gpu.return", &[], &[], &[])?;
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! The kernel plan: every tiling, layout and launch decision, resolved once from a checked spec and an arch.
+//!
+//! Architecture invariant: the IR builders, the manifest and the runtime's repacking all read these fields; none of
+//! them recomputes a layout decision on its own.
+
+use nibble_runtime::manifest::{ArgRole, GridDim, KernelArg, ScaleLayout, WeightLayout};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::arch::Arch;
+use crate::spec::{DType, FormatSpec, KernelSpec, MmaAtom, ScaleType, Schedule, Tiling};
+
+/// Each lane loads its weight words 16 bytes at a time: 4 words = 4 MFMA pairs.
+pub const WORDS_PER_LANE: u32 = 4;
+/// bf16 elements of padding per LDS row of the activation tile, so rows do not start on the same bank.
+pub const LDS_ROW_PAD: u32 = 8;
+/// FNUZ bf8 exponent bias: `word & mask` bytes read as element * 2^(bias - BF8_BIAS).
+pub const BF8_BIAS: i32 = 16;
+/// Buffer offsets are 32-bit signed in the generated code.
+const MAX_BUFFER_BYTES: u64 = (1 << 31) - 1;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("kernel {kernel}: {arch} is not among the kernel's targets")]
+    NotATarget { kernel: String, arch: String },
+    #[error("kernel {kernel}: {message}")]
+    Unsupported { kernel: String, message: String },
+}
+
+/// How the kernel brings the second four elements of a weight word under the mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecondHalf {
+    /// `llvm.bitreverse` (one `v_bfrev_b32`): for elements with 2 exponent bits.
+    Bitreverse,
+    /// Rotate left by 4 (one `v_alignbit_b32`): for elements with 1 exponent bit.
+    Rotl4,
+}
+
+impl SecondHalf {
+    pub fn name(self) -> &'static str {
+        match self {
+            SecondHalf::Bitreverse => "bitreverse",
+            SecondHalf::Rotl4 => "rotl4",
+        }
+    }
+}
+
+/// How bf8 bytes become f32 on this arch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Bf8Convert {
+    /// `v_cvt_pk_f32_bf8` (gfx940+): two bytes per instruction.
+    Hardware,
+    /// Shifts and masks into the f32 fields, then one multiply by 2^111 (gfx90a has no fp8 conversions).
+    Shifts,
+}
+
+/// The dequantization recipe the dequant pass emits.
+#[derive(Debug, Clone, Serialize)]
+pub struct DequantPlan {
+    pub mask: u32,
+    pub mag_shift: u32,
+    pub second_half: SecondHalf,
+    pub convert: Bf8Convert,
+    /// Whether element * scale is exact in the operand type, so packing may truncate f32 to its high half.
+    pub exact_pack: bool,
+    /// Operand element type of the MFMA (the activation type).
+    pub operand: DType,
+    /// log2 of the factor folded into every repacked scale (16 - element bias).
+    pub exp_offset: i32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub kernel: String,
+    pub symbol: String,
+    pub arch: Arch,
+    pub n: u32,
+    pub k: u32,
+    /// Largest M whose buffers stay within 32-bit offsets.
+    pub m_max: u32,
+    pub x: DType,
+    pub y: DType,
+    pub bias: Option<DType>,
+    pub format: FormatSpec,
+    pub tiling: Tiling,
+    pub atom: MmaAtom,
+    /// Rows / columns of the workgroup tile one wave computes.
+    pub wave_m: u32,
+    pub wave_n: u32,
+    /// MFMA tiles per wave along M and N.
+    pub m_tiles: u32,
+    pub n_tiles: u32,
+    /// MFMA pairs (2 * atom.k of K) per K iteration; each pair consumes one weight word per lane and n-tile.
+    pub pairs_per_iter: u32,
+    /// 16-byte weight loads per lane and n-tile per K iteration.
+    pub wchunks_per_iter: u32,
+    pub k_iters: u32,
+    pub threads: u32,
+    /// Activation rows in LDS are `tile_k + LDS_ROW_PAD` elements apart.
+    pub lds_row: u32,
+    pub lds_stage_elems: u32,
+    pub lds_bytes: u32,
+    /// 16-byte activation vectors each thread moves into LDS per K iteration (some threads idle on the last one).
+    pub x_vecs_per_thread: u32,
+    /// f32 scales each lane loads per K iteration and n-tile.
+    pub scales_per_iter: u32,
+    pub dequant: DequantPlan,
+    pub weight_layout: WeightLayout,
+    pub scale_layout: ScaleLayout,
+    pub grid: [GridDim; 3],
+    pub args: Vec<KernelArg>,
+    pub kernarg_bytes: u32,
+    /// Weight elements one lane dequantizes per K iteration (denominator of the VALU-per-element figure).
+    pub elements_per_lane_iter: u32,
+    pub source_hash: String,
+}
+
+/// Picks a tiling for `schedule auto`: a decode tiling for small N*K slabs is not knowable without M, so auto picks
+/// the tiling that is good across M for the shape; the cost-model-driven choice arrives with the performance work.
+pub fn auto_tiling(spec: &KernelSpec, _arch: Arch) -> Tiling {
+    let tile_n = [128u32, 64, 32, 16].into_iter().find(|t| spec.n % t == 0).unwrap_or(16);
+    let tile_k = [256u32, 128].into_iter().find(|t| spec.k % t == 0).unwrap_or(128);
+    let waves_n = (tile_n / 16).clamp(1, 4);
+    Tiling {
+        tile_m: 16,
+        tile_n,
+        tile_k,
+        waves_m: 1,
+        waves_n,
+        mma: MmaAtom::M16N16K16,
+        stages: 2,
+    }
+}
+
+pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
+    if !spec.targets.contains(&arch) {
+        return Err(PlanError::NotATarget {
+            kernel: spec.name.clone(),
+            arch: arch.name().to_string(),
+        });
+    }
+    let unsupported = |message: String| PlanError::Unsupported {
+        kernel: spec.name.clone(),
+        message,
+    };
+    let t = match &spec.schedule {
+        Schedule::Manual(t) => *t,
+        Schedule::Auto => auto_tiling(spec, arch),
+    };
+    let atom = t.mma;
+    let fmt = &spec.format;
+    let elem = &fmt.element;
+    // The checker guarantees these; the plan re-asserts the ones its arithmetic depends on so a misuse of the API
+    // is an error rather than a wrong kernel.
+    if t.tile_k % 128 != 0 || spec.k % t.tile_k != 0 || spec.n % t.tile_n != 0 {
+        return Err(unsupported(format!(
+            "tile {}x{}x{} does not fit N={} K={} (tile_k must be a multiple of 128)",
+            t.tile_m, t.tile_n, t.tile_k, spec.n, spec.k
+        )));
+    }
+    if t.tile_m % (t.waves_m * atom.m()) != 0 || t.tile_n % (t.waves_n * atom.n()) != 0 {
+        return Err(unsupported("waves and MFMA atom do not divide the tile".into()));
+    }
+    let second_half = match (elem.exp_bits, elem.man_bits) {
+        (2, 1) => SecondHalf::Bitreverse,
+        (1, 2) => SecondHalf::Rotl4,
+        _ => {
+            return Err(unsupported(format!(
+                "element {} (e{}m{}) has no fast bit layout",
+                elem.name, elem.exp_bits, elem.man_bits
+            )))
+        }
+    };
+    let mag_shift = 2 - u32::from(elem.man_bits);
+    let mask = 0x8080_8080u32 | (0x0707_0707u32 << mag_shift);
+    let exp_offset = BF8_BIAS - elem.bias;
+    // element * scale is exact in a 16-bit float when the significands fit: elements carry at most 3 significant
+    // bits, e8m0 scales 1 and e4m3 scales 4; bf16 holds 8 and f16 11. Other scales go through a rounding convert.
+    let elem_bits = 1 + u32::from(elem.man_bits);
+    let scale_bits = match fmt.scale {
+        ScaleType::E8m0 => 1,
+        ScaleType::E4m3 => 4,
+        ScaleType::F16 => 11,
+        ScaleType::Bf16 => 8,
+        ScaleType::F32 => 24,
+    };
+    let operand_bits = match spec.x {
+        DType::Bf16 => 8,
+        DType::F16 => 11,
+    };
+    // f16 has a narrow exponent range, so products may round even when significands fit: always convert properly.
+    let exact_pack = spec.x == DType::Bf16 && elem_bits + scale_bits <= operand_bits;
+    let convert = match arch {
+        Arch::Gfx942 => Bf8Convert::Hardware,
+        Arch::Gfx90a => Bf8Convert::Shifts,
+    };
+
+    let waves = t.waves_m * t.waves_n;
+    let threads = waves * 64;
+    let wave_m = t.tile_m / t.waves_m;
+    let wave_n = t.tile_n / t.waves_n;
+    let pairs_per_iter = t.tile_k / (2 * atom.k());
+    let wchunks_per_iter = pairs_per_iter / WORDS_PER_LANE;
+    let lds_row = t.tile_k + LDS_ROW_PAD;
+    let lds_stage_elems = t.tile_m * lds_row;
+    let lds_bytes = t.stages * lds_stage_elems * 2;
+    let x_vecs = t.tile_m * t.tile_k / 8;
+    let x_vecs_per_thread = x_vecs.div_ceil(threads);
+    let scales_per_iter = (t.tile_k / fmt.group).max(1);
+
+    let xb = 2u64;
+    let row_bytes = (u64::from(spec.k) * xb).max(u64::from(spec.n) * 2);
+    let m_max = (MAX_BUFFER_BYTES / row_bytes).min(u64::from(u32::MAX)) as u32;
+    if m_max < 1 {
+        return Err(unsupported("rows are too long for 32-bit buffer offsets".into()));
+    }
+    if u64::from(spec.n) * u64::from(spec.k) / 2 > MAX_BUFFER_BYTES {
+        return Err(unsupported("the weight exceeds 2 GiB, beyond 32-bit buffer offsets".into()));
+    }
+
+    let mut args = Vec::new();
+    let mut offset = 0u32;
+    let mut push = |name: &str, role: ArgRole, kind: &str, elem: Option<&str>, size: u32| {
+        offset = offset.next_multiple_of(size);
+        args.push(KernelArg {
+            name: name.to_string(),
+            role,
+            kind: kind.to_string(),
+            elem: elem.map(str::to_string),
+            offset,
+            size,
+        });
+        offset += size;
+    };
+    push("x", ArgRole::X, "ptr", Some(spec.x.name()), 8);
+    push("w", ArgRole::Weight, "ptr", Some("u32"), 8);
+    push("scales", ArgRole::Scales, "ptr", Some("f32"), 8);
+    if let Some(b) = spec.bias {
+        push("bias", ArgRole::Bias, "ptr", Some(b.name()), 8);
+    }
+    push("y", ArgRole::Y, "ptr", Some(spec.y.name()), 8);
+    push("m", ArgRole::M, "i32", None, 4);
+    if fmt.tensor_scale {
+        push("tensor_scale", ArgRole::TensorScale, "f32", None, 4);
+    }
+    let kernarg_bytes = offset;
+
+    Ok(Plan {
+        kernel: spec.name.clone(),
+        symbol: spec.name.clone(),
+        arch,
+        n: spec.n,
+        k: spec.k,
+        m_max,
+        x: spec.x,
+        y: spec.y,
+        bias: spec.bias,
+        format: fmt.clone(),
+        tiling: t,
+        atom,
+        wave_m,
+        wave_n,
+        m_tiles: wave_m / atom.m(),
+        n_tiles: wave_n / atom.n(),
+        pairs_per_iter,
+        wchunks_per_iter,
+        k_iters: spec.k / t.tile_k,
+        threads,
+        lds_row,
+        lds_stage_elems,
+        lds_bytes,
+        x_vecs_per_thread,
+        scales_per_iter,
+        dequant: DequantPlan {
+            mask,
+            mag_shift,
+            second_half,
+            convert,
+            exact_pack,
+            operand: spec.x,
+            exp_offset,
+        },
+        weight_layout: WeightLayout {
+            id: "nibble.mfma_pairs.v1".into(),
+            atom_n: atom.n(),
+            atom_k: atom.k(),
+            words_per_lane: WORDS_PER_LANE,
+            mag_shift,
+            second_half: second_half.name().into(),
+            mask,
+        },
+        scale_layout: ScaleLayout {
+            id: "nibble.scales_f32.v1".into(),
+            group: fmt.group,
+            exp_offset,
+        },
+        grid: [
+            GridDim::Const {
+                value: spec.n / t.tile_n,
+            },
+            GridDim::CeilDivM { divisor: t.tile_m },
+            GridDim::Const { value: 1 },
+        ],
+        args,
+        kernarg_bytes,
+        elements_per_lane_iter: wave_n * t.tile_k / 64,
+        source_hash: spec.source_hash.clone(),
+    })
+}
+
+impl Plan {
+    /// Index of the scale that MFMA pair `pair` of a K iteration uses, relative to the lane's first scale of the
+    /// iteration (see `lane_scale_offset`). Pairs span `2 * atom.k` of K; a lane's 8 elements of a pair are K offsets
+    /// `8q .. 8q+7` (q = lane / atom_n), which never straddle a group because groups are multiples of 8.
+    pub fn scale_slot(&self, pair: u32) -> u32 {
+        pair * 2 * self.atom.k() / self.format.group
+    }
+
+    /// Offset in groups of lane group `q`'s first scale: nonzero only when groups are finer than an MFMA pair.
+    pub fn lane_scale_offset(&self, q: u32) -> u32 {
+        8 * q / self.format.group
+    }
+}
