@@ -186,15 +186,27 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     // Bounds-checked views: rows at or past M read as zero and their stores are dropped, so M tails need no branches.
     let m_idx = e.index_cast(a.m, e.index())?;
     let xbytes = e.muli(m_idx, c(p.k * 2)?)?;
-    let xbytes = e.index_cast(xbytes, i64t)?;
-    let xb = e.fat_buffer(a.x, xbytes)?;
     let ybytes = e.muli(m_idx, c(p.n * 2)?)?;
     let ybytes = e.index_cast(ybytes, i64t)?;
     let yb = e.fat_buffer(a.y, ybytes)?;
-    let wbytes = e.const_int(i64::from(p.n) * i64::from(p.k) / 2, i64t)?;
-    let wb = e.fat_buffer(a.w, wbytes)?;
-    let sbytes = e.const_int(i64::from(p.n) * i64::from(p.k / p.format.group) * 4, i64t)?;
-    let sb = e.fat_buffer(a.s, sbytes)?;
+    let wbytes = c(p.n * (p.k / 2))?;
+    let sbytes = c(p.n * (p.k / p.format.group) * 4)?;
+    // Each K iteration reads through windows whose base advances with the iteration: the advance is uniform and
+    // lands in the buffer descriptor (scalar registers), so the per-lane offsets stay fixed across the loop.
+    // `valid` is the byte count of `total` left after `offset` elements of `elem_bytes`; callers keep the offset
+    // inside the buffer (a select to floor it at zero would be selected as a vector op and force a waterfall loop
+    // around every load).
+    let window = |e: &Emitter<'c, 'b>,
+                  mem: Value<'c, 'b>,
+                  offset: Value<'c, 'b>,
+                  elem_bytes: u32,
+                  total: Value<'c, 'b>|
+     -> Result<Value<'c, 'b>, IrError> {
+        let off_bytes = e.muli(offset, e.idx(i64::from(elem_bytes))?)?;
+        let left = e.subi(total, off_bytes)?;
+        let left = e.index_cast(left, i64t)?;
+        e.window(mem, offset, left)
+    };
 
     let m0 = e.muli(by, c(t.tile_m)?)?;
     let n0 = e.muli(bx, c(t.tile_n)?)?;
@@ -227,13 +239,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let xvec = e.vector(8, xt);
     let load_x = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let koff = e.muli(kt, c(t.tile_k)?)?;
-        xs.global
-            .iter()
-            .map(|g| {
-                let idx = e.addi(*g, koff)?;
-                e.vload(xb, idx, xvec)
-            })
-            .collect()
+        let xb = window(e, a.x, koff, 2, xbytes)?;
+        xs.global.iter().map(|g| e.vload(xb, *g, xvec)).collect()
     };
     let store_x = |e: &Emitter<'c, 'b>, base: Value<'c, 'b>, vecs: &[Value<'c, 'b>]| -> Result<(), IrError> {
         for (i, v) in vecs.iter().enumerate() {
@@ -283,10 +290,10 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
         let chunk0 = e.muli(kt, c(p.wchunks_per_iter * 64 * p.weight_layout.words_per_lane)?)?;
+        let wb = window(e, a.w, chunk0, 4, wbytes)?;
         for base in &w_base {
             for ch in 0..p.wchunks_per_iter {
-                let idx = e.addi(*base, chunk0)?;
-                let idx = e.addi(idx, c(ch * 64 * p.weight_layout.words_per_lane)?)?;
+                let idx = e.addi(*base, c(ch * 64 * p.weight_layout.words_per_lane)?)?;
                 out.push(e.vload(wb, idx, wvec)?);
             }
         }
@@ -294,13 +301,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     };
     let load_s = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let off = e.muli(kt, c(p.scales_per_iter)?)?;
-        s_base
-            .iter()
-            .map(|base| {
-                let idx = e.addi(*base, off)?;
-                e.vload(sb, idx, svec)
-            })
-            .collect()
+        let sb = window(e, a.s, off, 4, sbytes)?;
+        s_base.iter().map(|base| e.vload(sb, *base, svec)).collect()
     };
 
     // Prologue: fill stages 0..stages-1 of the ring, fetch iteration 0's weights and scales.
@@ -330,7 +332,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let stage = l.remui(kt, l.idx(i64::from(ring))?)?;
         let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
         let xnext = if ring > 1 {
+            // The tile `ring - 1` iterations ahead; clamped to the last tile so the window stays inside x
+            // (the clamped loads land in a stage that is never read again).
             let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+            let last = l.idx(i64::from(p.k_iters - 1))?;
+            let ahead = l.op1("arith.minui", &[ahead, last], l.index(), &[])?;
             Some(load_x(&l, ahead)?)
         } else {
             // One buffer: wait until every wave is done with the previous tile before overwriting it.

@@ -1,4 +1,12 @@
 //! nibble: an ahead-of-time compiler for FP4 weight-only-quantized GEMM kernels on AMD GPUs.
 pub mod arch;
+pub mod codegen;
+pub mod dequant;
+pub mod driver;
 pub mod dsl;
+pub mod ir;
+pub mod kernel;
+pub mod linalg;
+pub mod manifest;
+pub mod plan;
 pub mod spec;

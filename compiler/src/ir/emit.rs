@@ -347,6 +347,37 @@ impl<'c, 'b> Emitter<'c, 'b> {
         )
     }
 
+    /// A bounds-checked buffer view of `mem` starting `offset` elements in: `memref.reinterpret_cast` to a dynamic
+    /// offset, then `fat_raw_buffer_cast` with `resetOffset`. The offset becomes part of the (scalar) buffer base, so
+    /// per-lane indices into the window stay loop-invariant; `valid_bytes` counts from the window's start.
+    pub fn window(
+        &self,
+        mem: Value<'c, 'b>,
+        offset: Value<'c, 'b>,
+        valid_bytes: Value<'c, 'b>,
+    ) -> Result<Value<'c, 'b>, IrError> {
+        let op = "memref.reinterpret_cast";
+        let mt = MemRefType::try_from(mem.r#type()).map_err(|e| build_err(op, e))?;
+        let size = match mt.dim_size(0).map_err(|e| build_err(op, e))? {
+            DimSize::Static(n) => n as i64,
+            DimSize::Dynamic => return Err(build_err(op, "window of a dynamic memref")),
+        };
+        let layout = self.attr("strided<[1], offset: ?>")?;
+        let view = MemRefType::new(mt.element(), &[size], Some(layout), mt.memory_space());
+        let v = self.op1(
+            op,
+            &[mem, offset],
+            view.into(),
+            &[
+                ("operandSegmentSizes", DenseI32ArrayAttribute::new(self.ctx, &[1, 1, 0, 0]).into()),
+                ("static_offsets", DenseI64ArrayAttribute::new(self.ctx, &[i64::MIN]).into()),
+                ("static_sizes", DenseI64ArrayAttribute::new(self.ctx, &[size]).into()),
+                ("static_strides", DenseI64ArrayAttribute::new(self.ctx, &[1]).into()),
+            ],
+        )?;
+        self.fat_buffer(v, valid_bytes)
+    }
+
     /// `amdgpu.mfma` with an `m x n x k` shape (one block), `acc += a * b`.
     pub fn mfma(
         &self,
