@@ -9,8 +9,8 @@
 //! - `word & mask` leaves four bytes that read as FNUZ bf8 values `element * 2^(bias-16)` (the repack put sign,
 //!   exponent and mantissa bits exactly there); `bitreverse(word) & mask` (or `rotl(word, 4) & mask`) does the same
 //!   for the other four elements. Three instructions for eight elements.
-//! - gfx942: `v_cvt_pk_f32_bf8` turns two bytes into two f32; gfx90a has no fp8 conversion, so bytes are shifted
-//!   into the f32 fields and rescaled by one multiply by 2^111.
+//! - gfx942: `v_cvt_pk_f32_bf8` turns two bytes into two f32; gfx90a has no fp8 conversion, but a bf8 byte is the
+//!   top byte of an f16, so byte permutes and `v_cvt_f32_f16` do it (with 2^(15-bias) folded into the scales).
 //! - one packed f32 multiply per two elements applies the repacked scale, which already carries 2^(16-bias);
 //! - two f32 become one bf16x2 register by keeping their high halves (a byte permute) when element * scale is exact
 //!   in bf16 (e8m0, e4m3 scales), or by a rounding conversion otherwise.
@@ -18,7 +18,6 @@
 use melior::ir::{
     attribute::{DenseElementsAttribute, DenseI64ArrayAttribute, FlatSymbolRefAttribute, IntegerAttribute},
     operation::{OperationBuilder, OperationLike, OperationRef, WalkOrder, WalkResult},
-    r#type::IntegerType,
     Block, BlockLike, Module, Region, RegionLike, Type, Value, ValueLike,
 };
 use melior::IrRewriter;
@@ -155,58 +154,62 @@ pub fn bit_trick<'c, 'b>(
     let hi = e.andi(other, mask)?;
     let v2f = e.vector(2, f32t);
     let s2 = scale;
+    let pack = |prod: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
+        if p.dequant.exact_pack {
+            // The product is exact in bf16, so its f32 low half is zero: keep the high halves (one byte permute).
+            let halves = e.vbitcast(prod, e.vector(4, xt))?;
+            e.shuffle(halves, halves, &[1, 3], xt)
+        } else {
+            e.truncf(prod, e.vector(2, xt))
+        }
+    };
     let mut pairs = vec![];
     for src in [lo, hi] {
-        let f32_pairs: Vec<Value> = match p.dequant.convert {
+        match p.dequant.convert {
             Bf8Convert::Hardware => {
                 let v1 = e.broadcast(src, e.vector(1, i32t))?;
                 let bf8 = e.vbitcast(v1, e.vector(4, Type::float8_e5m2fnuz(e.ctx)))?;
-                (0..2)
-                    .map(|half| {
-                        e.op1(
-                            "amdgpu.ext_packed_fp8",
-                            &[bf8],
-                            v2f,
-                            &[("index", IntegerAttribute::new(i32t, half).into())],
-                        )
-                    })
-                    .collect::<Result<_, _>>()?
+                for half in 0..2 {
+                    let pf = e.op1(
+                        "amdgpu.ext_packed_fp8",
+                        &[bf8],
+                        v2f,
+                        &[("index", IntegerAttribute::new(i32t, half).into())],
+                    )?;
+                    let prod = e.mulf(pf, s2)?;
+                    pairs.push(pack(prod)?);
+                }
             }
-            Bf8Convert::Shifts => {
-                // byte -> f32 bits: sign to bit 31, the 7 exponent+mantissa bits to bits 27..21. That reads as
-                // bf8 * 2^-111 (bias 127 vs 16), subnormals included; one exact multiply restores it.
-                let v4 = e.vector(4, i32t);
-                let sv = e.broadcast(src, v4)?;
-                let shifts = vec_i32(e, &[0, 8, 16, 24])?;
-                let bytes = e.shrui(sv, shifts)?;
-                let s24 = e.splat_i32(4, 24)?;
-                let sign = e.shli(bytes, s24)?;
-                let smask = e.splat_i32(4, i32::MIN)?;
-                let sign = e.andi(sign, smask)?;
-                let s21 = e.splat_i32(4, 21)?;
-                let mag = e.shli(bytes, s21)?;
-                let mmask = e.splat_i32(4, 0x0FE0_0000)?;
-                let mag = e.andi(mag, mmask)?;
-                let bits = e.ori(sign, mag)?;
-                let f = e.vbitcast(bits, e.vector(4, f32t))?;
-                let k = e.splat_f32(4, 2f32.powi(111))?;
-                let f = e.mulf(f, k)?;
-                vec![
-                    e.shuffle(f, f, &[0, 1], f32t)?,
-                    e.shuffle(f, f, &[2, 3], f32t)?,
-                ]
+            Bf8Convert::ViaF16 => {
+                // A bf8 byte is the high byte of an f16: `(w << 8) & 0xFF00FF00` holds bytes 0 and 2 as two f16,
+                // `w & 0xFF00FF00` bytes 1 and 3.
+                let eight = e.i32c(8)?;
+                let hmask = e.const_int(i64::from(0xFF00_FF00u32 as i32), i32t)?;
+                let sh = e.shli(src, eight)?;
+                let even = e.andi(sh, hmask)?;
+                let odd = e.andi(src, hmask)?;
+                let f16x2 = e.vector(2, Type::float16(e.ctx));
+                let mut widened = vec![];
+                for v in [even, odd] {
+                    let v1 = e.broadcast(v, e.vector(1, i32t))?;
+                    let h = e.vbitcast(v1, f16x2)?;
+                    let f = e.extf(h, v2f)?;
+                    widened.push(e.mulf(f, s2)?);
+                }
+                // (b0, b2) and (b1, b3) back into element order: (b0, b1), (b2, b3).
+                let (p02, p13) = (widened[0], widened[1]);
+                if p.dequant.exact_pack {
+                    let a = e.vbitcast(p02, e.vector(4, xt))?;
+                    let b = e.vbitcast(p13, e.vector(4, xt))?;
+                    pairs.push(e.shuffle(a, b, &[1, 5], xt)?);
+                    pairs.push(e.shuffle(a, b, &[3, 7], xt)?);
+                } else {
+                    let first = e.shuffle(p02, p13, &[0, 2], f32t)?;
+                    let second = e.shuffle(p02, p13, &[1, 3], f32t)?;
+                    pairs.push(e.truncf(first, e.vector(2, xt))?);
+                    pairs.push(e.truncf(second, e.vector(2, xt))?);
+                }
             }
-        };
-        for pf in f32_pairs {
-            let prod = e.mulf(pf, s2)?;
-            let packed = if p.dequant.exact_pack {
-                // The product is exact in bf16, so its f32 low half is zero: keep the high halves.
-                let halves = e.vbitcast(prod, e.vector(4, xt))?;
-                e.shuffle(halves, halves, &[1, 3], xt)?
-            } else {
-                e.truncf(prod, e.vector(2, xt))?
-            };
-            pairs.push(packed);
         }
     }
     let q0 = e.shuffle(pairs[0], pairs[1], &[0, 1, 2, 3], xt)?;
@@ -214,15 +217,6 @@ pub fn bit_trick<'c, 'b>(
     e.shuffle(q0, q1, &[0, 1, 2, 3, 4, 5, 6, 7], xt)
 }
 
-fn vec_i32<'c, 'b>(e: &Emitter<'c, 'b>, values: &[i32]) -> Result<Value<'c, 'b>, IrError> {
-    let ty = e.vector(values.len() as u64, IntegerType::new(e.ctx, 32).into());
-    e.op1(
-        "arith.constant",
-        &[],
-        ty,
-        &[("value", DenseElementsAttribute::i32_values(ty, values).into())],
-    )
-}
 
 /// The dequant pass: replaces every call of `@nibble_dequant` with `bit_trick` and erases the reference function.
 /// Returns the number of calls rewritten.

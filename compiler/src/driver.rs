@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use melior::ir::{operation::OperationLike, Module};
+use melior::ir::Module;
+
 use nibble_runtime::manifest::Manifest;
 use thiserror::Error;
 
@@ -133,4 +134,107 @@ pub fn compile_kernel(spec: &KernelSpec, arch: Arch, emit: &BTreeSet<Stage>) -> 
         hsaco: art.hsaco,
         dumps,
     })
+}
+
+/// One kernel compiled for one arch and written to disk.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub kernel: String,
+    pub arch: Arch,
+    pub hsaco: std::path::PathBuf,
+    pub manifest: std::path::PathBuf,
+    pub dumps: Vec<std::path::PathBuf>,
+    pub hsaco_bytes: usize,
+    pub elements_per_lane_iter: u32,
+    pub compile_seconds: f64,
+}
+
+#[derive(Debug, Error)]
+pub enum OutputError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("output directory {0} exists and is not a directory")]
+    NotADirectory(String),
+}
+
+fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, so an interrupted or failed run never
+/// leaves a truncated code object or manifest behind.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), OutputError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
+    tmp.write_all(bytes).map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| OutputError::Io {
+        path: path.display().to_string(),
+        source: e.error,
+    })?;
+    Ok(())
+}
+
+/// Compiles every kernel of `kernels` for each of `targets` (or the kernel's own targets when `targets` is empty)
+/// into `out_dir` as `<kernel>.<arch>.hsaco` + `<kernel>.<arch>.json` (+ `<kernel>.<arch>.<stage>.<ext>` dumps).
+pub fn compile_to_dir(
+    kernels: &[KernelSpec],
+    targets: &[Arch],
+    out_dir: &std::path::Path,
+    emit: &BTreeSet<Stage>,
+) -> Result<Vec<Written>, OutputError> {
+    if out_dir.exists() && !out_dir.is_dir() {
+        return Err(OutputError::NotADirectory(out_dir.display().to_string()));
+    }
+    // Plan everything first: a kernel that cannot target an arch is reported before any file is written.
+    let mut jobs = vec![];
+    for spec in kernels {
+        let archs: Vec<Arch> = if targets.is_empty() {
+            spec.targets.clone()
+        } else {
+            targets.to_vec()
+        };
+        for arch in archs {
+            plan::plan(spec, arch).map_err(CompileError::from)?;
+            jobs.push((spec, arch));
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    let mut written = vec![];
+    for (spec, arch) in jobs {
+        let start = std::time::Instant::now();
+        let out = compile_kernel(spec, arch, emit)?;
+        let compile_seconds = start.elapsed().as_secs_f64();
+        let stem = manifest::stem(&out.plan);
+        let hsaco = out_dir.join(format!("{stem}.hsaco"));
+        let json = out_dir.join(format!("{stem}.json"));
+        write_atomically(&hsaco, &out.hsaco)?;
+        write_atomically(&json, out.manifest.to_json().as_bytes())?;
+        let mut dumps = vec![];
+        for (stage, text) in &out.dumps {
+            let path = out_dir.join(format!("{stem}.{}.{}", stage.name(), stage.extension()));
+            write_atomically(&path, text.as_bytes())?;
+            dumps.push(path);
+        }
+        written.push(Written {
+            kernel: spec.name.clone(),
+            arch,
+            hsaco,
+            manifest: json,
+            dumps,
+            hsaco_bytes: out.hsaco.len(),
+            elements_per_lane_iter: out.plan.elements_per_lane_iter,
+            compile_seconds,
+        });
+    }
+    Ok(written)
 }

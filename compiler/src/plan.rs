@@ -52,8 +52,10 @@ impl SecondHalf {
 pub enum Bf8Convert {
     /// `v_cvt_pk_f32_bf8` (gfx940+): two bytes per instruction.
     Hardware,
-    /// Shifts and masks into the f32 fields, then one multiply by 2^111 (gfx90a has no fp8 conversions).
-    Shifts,
+    /// gfx90a has no fp8 conversions, but FNUZ bf8 (E5M2, bias 16) is the top byte of an f16 (E5M10, bias 15):
+    /// byte permutes place the bytes as f16 high bytes, `v_cvt_f32_f16` widens them, and the value is
+    /// element * 2^(bias - 15), so the repacked scales carry 2^(15 - bias) on this path.
+    ViaF16,
 }
 
 /// The dequantization recipe the dequant pass emits.
@@ -175,7 +177,14 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     let mag_shift = 2 - u32::from(elem.man_bits);
     let mask = 0x8080_8080u32 | (0x0707_0707u32 << mag_shift);
-    let exp_offset = BF8_BIAS - elem.bias;
+    let convert = match arch {
+        Arch::Gfx942 => Bf8Convert::Hardware,
+        Arch::Gfx90a => Bf8Convert::ViaF16,
+    };
+    let exp_offset = match convert {
+        Bf8Convert::Hardware => BF8_BIAS - elem.bias,
+        Bf8Convert::ViaF16 => BF8_BIAS - 1 - elem.bias,
+    };
     // element * scale is exact in a 16-bit float when the significands fit: elements carry at most 3 significant
     // bits, e8m0 scales 1 and e4m3 scales 4; bf16 holds 8 and f16 11. Other scales go through a rounding convert.
     let elem_bits = 1 + u32::from(elem.man_bits);
@@ -192,10 +201,6 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     // f16 has a narrow exponent range, so products may round even when significands fit: always convert properly.
     let exact_pack = spec.x == DType::Bf16 && elem_bits + scale_bits <= operand_bits;
-    let convert = match arch {
-        Arch::Gfx942 => Bf8Convert::Hardware,
-        Arch::Gfx90a => Bf8Convert::Shifts,
-    };
 
     let waves = t.waves_m * t.waves_n;
     let threads = waves * 64;
