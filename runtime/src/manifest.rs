@@ -200,7 +200,8 @@ pub struct WeightLayout {
 }
 
 /// The repacked scale layout `nibble.scales_f32.v1`: f32 `[N][K / group]`, row-major, each value the checkpoint's
-/// block scale times `2^(16 - element bias)` (the bf8 trick's exponent offset), exactly.
+/// block scale times `2^exp_offset`, exactly. `exp_offset` depends on the arch's conversion route (16 - element bias
+/// for the bf8 conversion on gfx942, 15 - element bias for the f16 route on gfx90a): read it, never assume it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScaleLayout {
