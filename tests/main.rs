@@ -1,1 +1,3 @@
-fn main(){}
+//! The single integration-test binary: one module per area, so MLIR is linked once.
+
+mod plan;

@@ -1,0 +1,117 @@
+//! The plan: layout and launch decisions for hand-built specs, checked against hand-computed values.
+
+use nibble_compiler::arch::Arch;
+use nibble_compiler::plan::{plan, Bf8Convert, PlanError, SecondHalf};
+use nibble_compiler::spec::*;
+use nibble_runtime::manifest::{ArgRole, GridDim};
+
+fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, ts: bool, mma: MmaAtom) -> KernelSpec {
+    KernelSpec {
+        name: "k".into(),
+        targets: vec![Arch::Gfx942, Arch::Gfx90a],
+        x: DType::Bf16,
+        y: DType::Bf16,
+        n: 1024,
+        k: 2048,
+        format: FormatSpec {
+            name: "f".into(),
+            element: MiniFloat {
+                name: "e".into(),
+                exp_bits: elem.0,
+                man_bits: elem.1,
+                bias: elem.2,
+            },
+            scale,
+            group,
+            tensor_scale: ts,
+        },
+        bias: Some(DType::Bf16),
+        schedule: Schedule::Manual(Tiling {
+            tile_m: 32,
+            tile_n: 128,
+            tile_k: 256,
+            waves_m: 1,
+            waves_n: 4,
+            mma,
+            stages: 2,
+        }),
+        source_hash: "h".into(),
+    }
+}
+
+#[test]
+fn mxfp4_16x16_plan_matches_hand_computation() {
+    let p = plan(&spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16), Arch::Gfx942).expect("plans");
+    assert_eq!(p.threads, 256);
+    assert_eq!((p.wave_m, p.wave_n, p.m_tiles, p.n_tiles), (32, 32, 2, 2));
+    // 256 K per iteration = 8 MFMA pairs of 32 K; two 16-byte weight loads per lane and n-tile.
+    assert_eq!((p.pairs_per_iter, p.wchunks_per_iter, p.k_iters), (8, 2, 8));
+    // Sign to bit 7, e1 e0 m to bits 3..1: 0x8e per byte; the other half is bit-reversed.
+    assert_eq!(p.dequant.mask, 0x8E8E_8E8E);
+    assert_eq!(p.dequant.mag_shift, 1);
+    assert_eq!(p.dequant.second_half, SecondHalf::Bitreverse);
+    assert_eq!(p.dequant.convert, Bf8Convert::Hardware);
+    assert!(p.dequant.exact_pack, "e2m1 x e8m0 is exact in bf16");
+    assert_eq!(p.scale_layout.exp_offset, 15);
+    // LDS: 2 stages x 32 rows x (256 + 8) bf16.
+    assert_eq!(p.lds_bytes, 2 * 32 * 264 * 2);
+    assert_eq!(
+        p.grid,
+        [GridDim::Const { value: 8 }, GridDim::CeilDivM { divisor: 32 }, GridDim::Const { value: 1 }]
+    );
+    let roles: Vec<_> = p.args.iter().map(|a| (a.role, a.offset, a.size)).collect();
+    assert_eq!(
+        roles,
+        vec![
+            (ArgRole::X, 0, 8),
+            (ArgRole::Weight, 8, 8),
+            (ArgRole::Scales, 16, 8),
+            (ArgRole::Bias, 24, 8),
+            (ArgRole::Y, 32, 8),
+            (ArgRole::M, 40, 4)
+        ]
+    );
+    // 32 columns per wave x 256 K / 64 lanes.
+    assert_eq!(p.elements_per_lane_iter, 128);
+    // Scale slots: group 32 = one pair each.
+    assert_eq!((p.scale_slot(0), p.scale_slot(7)), (0, 7));
+    assert_eq!(p.lane_scale_offset(3), 0);
+}
+
+#[test]
+fn gfx90a_uses_the_f16_route_and_its_exponent_offset() {
+    let p = plan(&spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16), Arch::Gfx90a).expect("plans");
+    assert_eq!(p.dequant.convert, Bf8Convert::ViaF16);
+    assert_eq!(p.scale_layout.exp_offset, 14);
+}
+
+#[test]
+fn e1m2_elements_rotate_instead_of_reversing() {
+    let p = plan(&spec((1, 2, 1), ScaleType::F16, 64, false, MmaAtom::M32N32K8), Arch::Gfx942).expect("plans");
+    assert_eq!(p.dequant.mask, 0x8787_8787);
+    assert_eq!(p.dequant.mag_shift, 0);
+    assert_eq!(p.dequant.second_half, SecondHalf::Rotl4);
+    // f16 scales have 11 significant bits: their products need a rounding conversion.
+    assert!(!p.dequant.exact_pack);
+    // 32x32x8: pairs of 16 K; a 64-group spans 4 pairs.
+    assert_eq!(p.pairs_per_iter, 16);
+    assert_eq!((p.scale_slot(3), p.scale_slot(4)), (0, 1));
+}
+
+#[test]
+fn nvfp4_groups_finer_than_a_pair_offset_lanes() {
+    let p = plan(&spec((2, 1, 1), ScaleType::E4m3, 16, true, MmaAtom::M16N16K16), Arch::Gfx942).expect("plans");
+    // Lane groups q = 0..3 cover K offsets 8q..8q+7 of a 32-K pair: groups 0,0,1,1 of the pair.
+    let offsets: Vec<u32> = (0..4).map(|q| p.lane_scale_offset(q)).collect();
+    assert_eq!(offsets, vec![0, 0, 1, 1]);
+    assert_eq!((p.scale_slot(0), p.scale_slot(1)), (0, 2));
+    assert!(p.dequant.exact_pack, "e2m1 x e4m3 has 2 + 4 significant bits");
+    assert_eq!(p.args.last().map(|a| a.role), Some(ArgRole::TensorScale));
+}
+
+#[test]
+fn an_arch_outside_the_targets_is_refused() {
+    let mut s = spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16);
+    s.targets = vec![Arch::Gfx942];
+    assert!(matches!(plan(&s, Arch::Gfx90a), Err(PlanError::NotATarget { .. })));
+}
