@@ -1,3 +1,4 @@
 //! The single integration-test binary: one module per area, so MLIR is linked once.
 
+mod dequant;
 mod plan;
