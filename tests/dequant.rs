@@ -7,7 +7,13 @@ use nibble_compiler::plan::{plan, Plan};
 use nibble_compiler::spec::*;
 use nibble_compiler::{dequant, kernel};
 
-pub fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, x: DType, mma: MmaAtom) -> KernelSpec {
+pub fn spec(
+    elem: (u8, u8, i32),
+    scale: ScaleType,
+    group: u32,
+    x: DType,
+    mma: MmaAtom,
+) -> KernelSpec {
     KernelSpec {
         name: "dq".into(),
         targets: vec![Arch::Gfx942, Arch::Gfx90a],
@@ -78,11 +84,19 @@ fn the_pass_replaces_every_call_and_removes_the_reference() {
         let calls = count_ops(&module, "func.call");
         // One call per weight word: pairs per iteration x n-tiles per wave.
         assert_eq!(calls as u32, p.pairs_per_iter * p.n_tiles);
-        assert_eq!(count_ops(&module, "func.func"), 1, "the reference function is there before the pass");
+        assert_eq!(
+            count_ops(&module, "func.func"),
+            1,
+            "the reference function is there before the pass"
+        );
         let rewritten = dequant::run(&module, &p).expect("pass runs");
         assert_eq!(rewritten, calls);
         assert_eq!(count_ops(&module, "func.call"), 0);
-        assert_eq!(count_ops(&module, "func.func"), 0, "reference function erased");
+        assert_eq!(
+            count_ops(&module, "func.func"),
+            0,
+            "reference function erased"
+        );
         let second_half = match p.dequant.second_half {
             nibble_compiler::plan::SecondHalf::Bitreverse => "llvm.intr.bitreverse",
             nibble_compiler::plan::SecondHalf::Rotl4 => "llvm.intr.fshl",
@@ -91,15 +105,23 @@ fn the_pass_replaces_every_call_and_removes_the_reference() {
         assert_eq!(count_ops(&module, second_half), calls);
         // No element-by-element decoding survives: the MX types and the table are gone.
         let text = module.as_operation().to_string();
-        assert!(!text.contains("f4E2M1FN"), "element-wise f4 decode left behind");
+        assert!(
+            !text.contains("f4E2M1FN"),
+            "element-wise f4 decode left behind"
+        );
         match p.dequant.convert {
             nibble_compiler::plan::Bf8Convert::Hardware => {
                 assert_eq!(count_ops(&module, "amdgpu.ext_packed_fp8"), 4 * calls)
             }
-            nibble_compiler::plan::Bf8Convert::ViaF16 => assert_eq!(count_ops(&module, "amdgpu.ext_packed_fp8"), 0),
+            nibble_compiler::plan::Bf8Convert::ViaF16 => {
+                assert_eq!(count_ops(&module, "amdgpu.ext_packed_fp8"), 0)
+            }
         }
         // Two f32 per packed multiply: 4 multiplies per word.
-        assert_eq!(count_ops(&module, "arith.mulf"), 4 * calls + mulf_outside_dequant(&p));
+        assert_eq!(
+            count_ops(&module, "arith.mulf"),
+            4 * calls + mulf_outside_dequant(&p)
+        );
     }
 }
 

@@ -41,7 +41,11 @@ fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, ts: bool, mma: MmaAto
 
 #[test]
 fn mxfp4_16x16_plan_matches_hand_computation() {
-    let p = plan(&spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16), Arch::Gfx942).expect("plans");
+    let p = plan(
+        &spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16),
+        Arch::Gfx942,
+    )
+    .expect("plans");
     assert_eq!(p.threads, 256);
     assert_eq!((p.wave_m, p.wave_n, p.m_tiles, p.n_tiles), (32, 32, 2, 2));
     // 256 K per iteration = 8 MFMA pairs of 32 K; two 16-byte weight loads per lane and n-tile.
@@ -57,7 +61,11 @@ fn mxfp4_16x16_plan_matches_hand_computation() {
     assert_eq!(p.lds_bytes, 2 * 32 * 264 * 2);
     assert_eq!(
         p.grid,
-        [GridDim::Const { value: 8 }, GridDim::CeilDivM { divisor: 32 }, GridDim::Const { value: 1 }]
+        [
+            GridDim::Const { value: 8 },
+            GridDim::CeilDivM { divisor: 32 },
+            GridDim::Const { value: 1 }
+        ]
     );
     let roles: Vec<_> = p.args.iter().map(|a| (a.role, a.offset, a.size)).collect();
     assert_eq!(
@@ -80,14 +88,22 @@ fn mxfp4_16x16_plan_matches_hand_computation() {
 
 #[test]
 fn gfx90a_uses_the_f16_route_and_its_exponent_offset() {
-    let p = plan(&spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16), Arch::Gfx90a).expect("plans");
+    let p = plan(
+        &spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16),
+        Arch::Gfx90a,
+    )
+    .expect("plans");
     assert_eq!(p.dequant.convert, Bf8Convert::ViaF16);
     assert_eq!(p.scale_layout.exp_offset, 14);
 }
 
 #[test]
 fn e1m2_elements_rotate_instead_of_reversing() {
-    let p = plan(&spec((1, 2, 1), ScaleType::F16, 64, false, MmaAtom::M32N32K8), Arch::Gfx942).expect("plans");
+    let p = plan(
+        &spec((1, 2, 1), ScaleType::F16, 64, false, MmaAtom::M32N32K8),
+        Arch::Gfx942,
+    )
+    .expect("plans");
     assert_eq!(p.dequant.mask, 0x8787_8787);
     assert_eq!(p.dequant.mag_shift, 0);
     assert_eq!(p.dequant.second_half, SecondHalf::Rotl4);
@@ -100,12 +116,19 @@ fn e1m2_elements_rotate_instead_of_reversing() {
 
 #[test]
 fn nvfp4_groups_finer_than_a_pair_offset_lanes() {
-    let p = plan(&spec((2, 1, 1), ScaleType::E4m3, 16, true, MmaAtom::M16N16K16), Arch::Gfx942).expect("plans");
+    let p = plan(
+        &spec((2, 1, 1), ScaleType::E4m3, 16, true, MmaAtom::M16N16K16),
+        Arch::Gfx942,
+    )
+    .expect("plans");
     // Lane groups q = 0..3 cover K offsets 8q..8q+7 of a 32-K pair: groups 0,0,1,1 of the pair.
     let offsets: Vec<u32> = (0..4).map(|q| p.lane_scale_offset(q)).collect();
     assert_eq!(offsets, vec![0, 0, 1, 1]);
     assert_eq!((p.scale_slot(0), p.scale_slot(1)), (0, 2));
-    assert!(p.dequant.exact_pack, "e2m1 x e4m3 has 2 + 4 significant bits");
+    assert!(
+        p.dequant.exact_pack,
+        "e2m1 x e4m3 has 2 + 4 significant bits"
+    );
     assert_eq!(p.args.last().map(|a| a.role), Some(ArgRole::TensorScale));
 }
 
@@ -113,5 +136,8 @@ fn nvfp4_groups_finer_than_a_pair_offset_lanes() {
 fn an_arch_outside_the_targets_is_refused() {
     let mut s = spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16);
     s.targets = vec![Arch::Gfx942];
-    assert!(matches!(plan(&s, Arch::Gfx90a), Err(PlanError::NotATarget { .. })));
+    assert!(matches!(
+        plan(&s, Arch::Gfx90a),
+        Err(PlanError::NotATarget { .. })
+    ));
 }

@@ -54,7 +54,8 @@ pub fn run_pipeline(module: &mut Module<'static>, pipeline: &str) -> Result<(), 
         pipeline: pipeline.to_string(),
         message,
     };
-    parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline).map_err(|e| err(e.to_string()))?;
+    parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
+        .map_err(|e| err(e.to_string()))?;
     pm.run(module).map_err(|e| err(e.to_string()))
 }
 
@@ -84,7 +85,8 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
         return Err(CodegenError::Translate);
     }
     // SAFETY: a non-null module created in `llvm`'s context; inkwell takes ownership.
-    let lm: LlvmModule = unsafe { LlvmModule::new(raw as inkwell::llvm_sys::prelude::LLVMModuleRef) };
+    let lm: LlvmModule =
+        unsafe { LlvmModule::new(raw as inkwell::llvm_sys::prelude::LLVMModuleRef) };
 
     let triple = TargetTriple::create("amdgcn-amd-amdhsa");
     let target = Target::from_triple(&triple).map_err(|e| CodegenError::Llvm(e.to_string()))?;
@@ -112,7 +114,11 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
         .write_to_memory_buffer(&lm, FileType::Object)
         .map_err(|e| CodegenError::Llvm(e.to_string()))?;
     let hsaco = link(obj.as_slice())?;
-    Ok(Artifacts { hsaco, llvm_ir, isa })
+    Ok(Artifacts {
+        hsaco,
+        llvm_ir,
+        isa,
+    })
 }
 
 fn find_gpu_module(module: &Module<'static>) -> Option<mlir_sys::MlirOperation> {
@@ -144,10 +150,12 @@ pub fn lld_path() -> PathBuf {
 }
 
 fn link(object: &[u8]) -> Result<Vec<u8>, CodegenError> {
-    let dir = tempfile::tempdir().map_err(|e| CodegenError::Link(format!("temporary directory: {e}")))?;
+    let dir =
+        tempfile::tempdir().map_err(|e| CodegenError::Link(format!("temporary directory: {e}")))?;
     let obj = dir.path().join("kernel.o");
     let out = dir.path().join("kernel.hsaco");
-    std::fs::write(&obj, object).map_err(|e| CodegenError::Link(format!("writing {}: {e}", obj.display())))?;
+    std::fs::write(&obj, object)
+        .map_err(|e| CodegenError::Link(format!("writing {}: {e}", obj.display())))?;
     let lld = lld_path();
     let output = Command::new(&lld)
         .arg("-shared")
@@ -156,9 +164,16 @@ fn link(object: &[u8]) -> Result<Vec<u8>, CodegenError> {
         .arg("-o")
         .arg(&out)
         .output()
-        .map_err(|e| CodegenError::Link(format!("cannot run {}: {e} (install lld-22 or set NIBBLE_LLD)", lld.display())))?;
+        .map_err(|e| {
+            CodegenError::Link(format!(
+                "cannot run {}: {e} (install lld-22 or set NIBBLE_LLD)",
+                lld.display()
+            ))
+        })?;
     if !output.status.success() {
-        return Err(CodegenError::Link(String::from_utf8_lossy(&output.stderr).into_owned()));
+        return Err(CodegenError::Link(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
     }
     std::fs::read(&out).map_err(|e| CodegenError::Link(format!("reading {}: {e}", out.display())))
 }

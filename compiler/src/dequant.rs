@@ -16,7 +16,9 @@
 //!   in bf16 (e8m0, e4m3 scales), or by a rounding conversion otherwise.
 
 use melior::ir::{
-    attribute::{DenseElementsAttribute, DenseI64ArrayAttribute, FlatSymbolRefAttribute, IntegerAttribute},
+    attribute::{
+        DenseElementsAttribute, DenseI64ArrayAttribute, FlatSymbolRefAttribute, IntegerAttribute,
+    },
     operation::{OperationBuilder, OperationLike, OperationRef, WalkOrder, WalkResult},
     Block, BlockLike, Module, Region, RegionLike, Type, Value, ValueLike,
 };
@@ -33,7 +35,9 @@ pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), I
     let xt = dtype(e, p.x);
     let out = e.vector(8, xt);
     let region = Region::new();
-    let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, e.loc), (e.vector(2, f32t), e.loc)])));
+    let block = ir::emit::detach(
+        region.append_block(Block::new(&[(i32t, e.loc), (e.vector(2, f32t), e.loc)])),
+    );
     let b = e.at(block);
     let arg = |i| {
         block
@@ -48,7 +52,10 @@ pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), I
     let func = OperationBuilder::new("func.func", e.loc)
         .add_attributes(&[
             (e.ident("sym_name"), e.string(DEQUANT_FN)),
-            (e.ident("function_type"), e.func_type(&[i32t, e.vector(2, f32t)], &[out])),
+            (
+                e.ident("function_type"),
+                e.func_type(&[i32t, e.vector(2, f32t)], &[out]),
+            ),
             (e.ident("sym_visibility"), e.string("private")),
         ])
         .add_regions([region])
@@ -58,7 +65,11 @@ pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), I
     Ok(())
 }
 
-fn second_half<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, word: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+fn second_half<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    word: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
     let i32t = e.int(32);
     match p.dequant.second_half {
         SecondHalf::Bitreverse => e.op1("llvm.intr.bitreverse", &[word], i32t, &[]),
@@ -99,7 +110,10 @@ fn reference_body<'c, 'b>(
     let values = if elem.exp_bits == 2 && elem.man_bits == 1 && elem.bias == 1 {
         // e2m1 is MLIR's f4E2M1FN: let arith.extf define the element values.
         let i4 = e.int(4);
-        let c4: Vec<Value> = codes.iter().map(|c| e.trunci(*c, i4)).collect::<Result<_, _>>()?;
+        let c4: Vec<Value> = codes
+            .iter()
+            .map(|c| e.trunci(*c, i4))
+            .collect::<Result<_, _>>()?;
         let v = e.from_elements(&c4, e.vector(8, i4))?;
         let f4 = e.bitcast(v, e.vector(8, Type::float4_e2m1fn(e.ctx)))?;
         e.extf(f4, f8)?
@@ -111,7 +125,10 @@ fn reference_body<'c, 'b>(
             "arith.constant",
             &[],
             tty,
-            &[("value", DenseElementsAttribute::f32_values(tty, &table).into())],
+            &[(
+                "value",
+                DenseElementsAttribute::f32_values(tty, &table).into(),
+            )],
         )?;
         let mut vals = vec![];
         for c in &codes {
@@ -120,7 +137,10 @@ fn reference_body<'c, 'b>(
                 "vector.extract",
                 &[tv, ci],
                 f32t,
-                &[("static_position", DenseI64ArrayAttribute::new(e.ctx, &[i64::MIN]).into())],
+                &[(
+                    "static_position",
+                    DenseI64ArrayAttribute::new(e.ctx, &[i64::MIN]).into(),
+                )],
             )?);
         }
         e.from_elements(&vals, f8)?
@@ -217,7 +237,6 @@ pub fn bit_trick<'c, 'b>(
     e.shuffle(q0, q1, &[0, 1, 2, 3, 4, 5, 6, 7], xt)
 }
 
-
 /// The dequant pass: replaces every call of `@nibble_dequant` with `bit_trick` and erases the reference function.
 /// Returns the number of calls rewritten.
 pub fn run(module: &Module<'static>, p: &Plan) -> Result<usize, IrError> {
@@ -244,9 +263,14 @@ pub fn run(module: &Module<'static>, p: &Plan) -> Result<usize, IrError> {
     for raw in &calls {
         // SAFETY: the walk collected live ops of `module`; each call is erased only after it has been visited here.
         let call: OperationRef<'static, '_> = unsafe { OperationRef::from_raw(*raw) };
-        let e = Emitter::before(ctx, call).ok_or_else(|| ir::emit::build_err("func.call", "detached call"))?;
-        let word = call.operand(0).map_err(|err| ir::emit::build_err("func.call", err))?;
-        let scale = call.operand(1).map_err(|err| ir::emit::build_err("func.call", err))?;
+        let e = Emitter::before(ctx, call)
+            .ok_or_else(|| ir::emit::build_err("func.call", "detached call"))?;
+        let word = call
+            .operand(0)
+            .map_err(|err| ir::emit::build_err("func.call", err))?;
+        let scale = call
+            .operand(1)
+            .map_err(|err| ir::emit::build_err("func.call", err))?;
         if word.r#type() != e.int(32) {
             return Err(ir::emit::build_err("func.call", "dequant word must be i32"));
         }

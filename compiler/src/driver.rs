@@ -28,7 +28,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 5] = [Stage::Linalg, Stage::Gpu, Stage::Dequant, Stage::Llvm, Stage::Isa];
+    pub const ALL: [Stage; 5] = [
+        Stage::Linalg,
+        Stage::Gpu,
+        Stage::Dequant,
+        Stage::Llvm,
+        Stage::Isa,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -94,7 +100,11 @@ pub fn gpu_module(plan: &Plan) -> Result<Module<'static>, IrError> {
     Ok(module)
 }
 
-pub fn compile_kernel(spec: &KernelSpec, arch: Arch, emit: &BTreeSet<Stage>) -> Result<KernelOutput, CompileError> {
+pub fn compile_kernel(
+    spec: &KernelSpec,
+    arch: Arch,
+    emit: &BTreeSet<Stage>,
+) -> Result<KernelOutput, CompileError> {
     let plan = plan::plan(spec, arch)?;
     let ir_err = |source: IrError| CompileError::Ir {
         kernel: spec.name.clone(),

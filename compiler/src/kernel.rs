@@ -73,7 +73,9 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
     let yt = dtype(e, p.y);
     let i32t = e.int(32);
     let f32t = e.f32();
-    let memref = |elem: Type<'c>, n: u64| -> Type<'c> { MemRefType::new(elem, &[n as i64], None, None).into() };
+    let memref = |elem: Type<'c>, n: u64| -> Type<'c> {
+        MemRefType::new(elem, &[n as i64], None, None).into()
+    };
     let (n, k) = (u64::from(p.n), u64::from(p.k));
     let m_max = u64::from(p.m_max);
     let mut inputs = vec![
@@ -116,10 +118,18 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
     let x = next()?;
     let w = next()?;
     let s = next()?;
-    let bias = if p.bias.is_some() { Some(next()?) } else { None };
+    let bias = if p.bias.is_some() {
+        Some(next()?)
+    } else {
+        None
+    };
     let y = next()?;
     let m = next()?;
-    let ts = if p.format.tensor_scale { Some(next()?) } else { None };
+    let ts = if p.format.tensor_scale {
+        Some(next()?)
+    } else {
+        None
+    };
     let lds = next()?;
     let args = Args {
         x,
@@ -143,7 +153,10 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
                 e.ident("known_block_size"),
                 DenseI32ArrayAttribute::new(ctx, &[p.threads as i32, 1, 1]).into(),
             ),
-            (e.ident("workgroup_attributions"), IntegerAttribute::new(i64t, 1).into()),
+            (
+                e.ident("workgroup_attributions"),
+                IntegerAttribute::new(i64t, 1).into(),
+            ),
         ])
         .add_regions([region])
         .build()
@@ -242,16 +255,17 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let xb = window(e, a.x, koff, 2, xbytes)?;
         xs.global.iter().map(|g| e.vload(xb, *g, xvec)).collect()
     };
-    let store_x = |e: &Emitter<'c, 'b>, base: Value<'c, 'b>, vecs: &[Value<'c, 'b>]| -> Result<(), IrError> {
-        for (i, v) in vecs.iter().enumerate() {
-            let idx = e.addi(base, xs.local[i])?;
-            match xs.valid[i] {
-                None => e.vstore(*v, a.lds, idx)?,
-                Some(ok) => e.if_then(ok, |inner| inner.vstore(*v, a.lds, idx))?,
+    let store_x =
+        |e: &Emitter<'c, 'b>, base: Value<'c, 'b>, vecs: &[Value<'c, 'b>]| -> Result<(), IrError> {
+            for (i, v) in vecs.iter().enumerate() {
+                let idx = e.addi(base, xs.local[i])?;
+                match xs.valid[i] {
+                    None => e.vstore(*v, a.lds, idx)?,
+                    Some(ok) => e.if_then(ok, |inner| inner.vstore(*v, a.lds, idx))?,
+                }
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
 
     // A operand: lane reads 8 contiguous K of row lane % atom_m for both MFMAs of a pair.
     let mut a_off = vec![];
@@ -289,7 +303,10 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let svec = e.vector(u64::from(p.scales_per_iter), f32t);
     let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
-        let chunk0 = e.muli(kt, c(p.wchunks_per_iter * 64 * p.weight_layout.words_per_lane)?)?;
+        let chunk0 = e.muli(
+            kt,
+            c(p.wchunks_per_iter * 64 * p.weight_layout.words_per_lane)?,
+        )?;
         let wb = window(e, a.w, chunk0, 4, wbytes)?;
         for base in &w_base {
             for ch in 0..p.wchunks_per_iter {

@@ -61,7 +61,8 @@ where
     F: FnOnce(&Emitter<'c, 'b>, Vec<Value<'c, 'b>>) -> Result<Vec<Value<'c, 'b>>, IrError>,
 {
     let elem_of = |v: &Value<'c, 'b>| -> Result<Type<'c>, IrError> {
-        let t = RankedTensorType::try_from(v.r#type()).map_err(|err| ir::emit::build_err("linalg.generic", err))?;
+        let t = RankedTensorType::try_from(v.r#type())
+            .map_err(|err| ir::emit::build_err("linalg.generic", err))?;
         Ok(melior::ir::r#type::ShapedTypeLike::element(&t))
     };
     let mut args = vec![];
@@ -91,8 +92,14 @@ where
         .add_operands(&operands)
         .add_results(&[result])
         .add_attributes(&[
-            (e.ident("indexing_maps"), ArrayAttribute::new(e.ctx, &maps).into()),
-            (e.ident("iterator_types"), ArrayAttribute::new(e.ctx, &iters).into()),
+            (
+                e.ident("indexing_maps"),
+                ArrayAttribute::new(e.ctx, &maps).into(),
+            ),
+            (
+                e.ident("iterator_types"),
+                ArrayAttribute::new(e.ctx, &iters).into(),
+            ),
             (
                 e.ident("operandSegmentSizes"),
                 DenseI32ArrayAttribute::new(e.ctx, &[ins.len() as i32, outs.len() as i32]).into(),
@@ -116,7 +123,11 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
     let f32t = top.f32();
     let (wt, native) = weight_elem(&top, p);
     let st = scale_elem(&top, p.format.scale);
-    let mut inputs = vec![tensor(&[DYN, k], xt), tensor(&[n, k], wt), tensor(&[n, groups], st)];
+    let mut inputs = vec![
+        tensor(&[DYN, k], xt),
+        tensor(&[n, k], wt),
+        tensor(&[n, groups], st),
+    ];
     if let Some(b) = p.bias {
         inputs.push(tensor(&[n], dtype(&top, b)));
     }
@@ -144,7 +155,11 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
     } else {
         None
     };
-    let ts = if p.format.tensor_scale { Some(arg(next)?) } else { None };
+    let ts = if p.format.tensor_scale {
+        Some(arg(next)?)
+    } else {
+        None
+    };
 
     // Dequantization: one generic over [N, K], reading the scale of group k / g.
     let opnd = dtype(&e, p.x);
@@ -157,7 +172,11 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
         &e,
         &[w, s],
         &[wd_init],
-        &["(n, k) -> (n, k)", &format!("(n, k) -> (n, k floordiv {g})"), "(n, k) -> (n, k)"],
+        &[
+            "(n, k) -> (n, k)",
+            &format!("(n, k) -> (n, k floordiv {g})"),
+            "(n, k) -> (n, k)",
+        ],
         &["parallel", "parallel"],
         wd_ty,
         |b, v| {
@@ -174,7 +193,10 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
                         "arith.constant",
                         &[],
                         tt,
-                        &[("value", DenseElementsAttribute::f32_values(tt, &table).into())],
+                        &[(
+                            "value",
+                            DenseElementsAttribute::f32_values(tt, &table).into(),
+                        )],
                     )?;
                     let code = b.extui(v[0], b.int(32))?;
                     let code = b.index_cast(code, b.index())?;
@@ -196,14 +218,24 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
     let m = e.op1("tensor.dim", &[x, c0], e.index(), &[])?;
     let acc_ty = tensor(&[DYN, n], f32t);
     let acc_init = e.op1("tensor.empty", &[m], acc_ty, &[])?;
-    let zero = generic(&e, &[], &[acc_init], &["(m, n) -> (m, n)"], &["parallel", "parallel"], acc_ty, |b, _| {
-        Ok(vec![b.f32c(0.0)?])
-    })?;
+    let zero = generic(
+        &e,
+        &[],
+        &[acc_init],
+        &["(m, n) -> (m, n)"],
+        &["parallel", "parallel"],
+        acc_ty,
+        |b, _| Ok(vec![b.f32c(0.0)?]),
+    )?;
     let acc = generic(
         &e,
         &[x, wd],
         &[zero],
-        &["(m, n, k) -> (m, k)", "(m, n, k) -> (n, k)", "(m, n, k) -> (m, n)"],
+        &[
+            "(m, n, k) -> (m, k)",
+            "(m, n, k) -> (n, k)",
+            "(m, n, k) -> (m, n)",
+        ],
         &["parallel", "parallel", "reduction"],
         acc_ty,
         |b, v| {
@@ -225,17 +257,25 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
     maps.push("(m, n) -> (m, n)".into());
     let maps_ref: Vec<&str> = maps.iter().map(String::as_str).collect();
     let has_bias = bias.is_some();
-    let y = generic(&e, &ins, &[y_init], &maps_ref, &["parallel", "parallel"], out_ty, |b, v| {
-        let mut r = v[0];
-        if let Some(ts) = ts {
-            r = b.mulf(r, ts)?;
-        }
-        if has_bias {
-            let bv = b.extf(v[1], f32t)?;
-            r = b.addf(r, bv)?;
-        }
-        Ok(vec![b.truncf(r, yt)?])
-    })?;
+    let y = generic(
+        &e,
+        &ins,
+        &[y_init],
+        &maps_ref,
+        &["parallel", "parallel"],
+        out_ty,
+        |b, v| {
+            let mut r = v[0];
+            if let Some(ts) = ts {
+                r = b.mulf(r, ts)?;
+            }
+            if has_bias {
+                let bv = b.extf(v[1], f32t)?;
+                r = b.addf(r, bv)?;
+            }
+            Ok(vec![b.truncf(r, yt)?])
+        },
+    )?;
     e.op("func.return", &[y], &[], &[])?;
 
     let func = OperationBuilder::new("func.func", loc)
@@ -243,7 +283,10 @@ pub fn build(p: &Plan) -> Result<Module<'static>, IrError> {
             (top.ident("sym_name"), top.string(&p.kernel)),
             (
                 top.ident("function_type"),
-                melior::ir::attribute::TypeAttribute::new(FunctionType::new(ctx, &inputs, &[out_ty]).into()).into(),
+                melior::ir::attribute::TypeAttribute::new(
+                    FunctionType::new(ctx, &inputs, &[out_ty]).into(),
+                )
+                .into(),
             ),
         ])
         .add_regions([region])

@@ -122,8 +122,14 @@ pub struct Plan {
 /// Picks a tiling for `schedule auto`: a decode tiling for small N*K slabs is not knowable without M, so auto picks
 /// the tiling that is good across M for the shape; the cost-model-driven choice arrives with the performance work.
 pub fn auto_tiling(spec: &KernelSpec, _arch: Arch) -> Tiling {
-    let tile_n = [128u32, 64, 32, 16].into_iter().find(|t| spec.n % t == 0).unwrap_or(16);
-    let tile_k = [256u32, 128].into_iter().find(|t| spec.k % t == 0).unwrap_or(128);
+    let tile_n = [128u32, 64, 32, 16]
+        .into_iter()
+        .find(|t| spec.n % t == 0)
+        .unwrap_or(16);
+    let tile_k = [256u32, 128]
+        .into_iter()
+        .find(|t| spec.k % t == 0)
+        .unwrap_or(128);
     let waves_n = (tile_n / 16).clamp(1, 4);
     Tiling {
         tile_m: 16,
@@ -163,7 +169,9 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         )));
     }
     if t.tile_m % (t.waves_m * atom.m()) != 0 || t.tile_n % (t.waves_n * atom.n()) != 0 {
-        return Err(unsupported("waves and MFMA atom do not divide the tile".into()));
+        return Err(unsupported(
+            "waves and MFMA atom do not divide the tile".into(),
+        ));
     }
     let second_half = match (elem.exp_bits, elem.man_bits) {
         (2, 1) => SecondHalf::Bitreverse,
@@ -219,10 +227,14 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let row_bytes = (u64::from(spec.k) * xb).max(u64::from(spec.n) * 2);
     let m_max = (MAX_BUFFER_BYTES / row_bytes).min(u64::from(u32::MAX)) as u32;
     if m_max < 1 {
-        return Err(unsupported("rows are too long for 32-bit buffer offsets".into()));
+        return Err(unsupported(
+            "rows are too long for 32-bit buffer offsets".into(),
+        ));
     }
     if u64::from(spec.n) * u64::from(spec.k) / 2 > MAX_BUFFER_BYTES {
-        return Err(unsupported("the weight exceeds 2 GiB, beyond 32-bit buffer offsets".into()));
+        return Err(unsupported(
+            "the weight exceeds 2 GiB, beyond 32-bit buffer offsets".into(),
+        ));
     }
 
     let mut args = Vec::new();

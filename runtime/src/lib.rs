@@ -1,1 +1,5 @@
-pub mod manifest {}
+//! nibble's runtime: manifests, code-object inspection, reference numerics and (later) HIP execution.
+//! Architecture invariant: this crate never depends on MLIR or LLVM.
+
+pub mod codeobj;
+pub mod manifest;

@@ -140,7 +140,11 @@ pub struct Launch {
 
 impl Launch {
     pub fn grid_for(&self, m: u32) -> [u32; 3] {
-        [self.grid[0].eval(m), self.grid[1].eval(m), self.grid[2].eval(m)]
+        [
+            self.grid[0].eval(m),
+            self.grid[1].eval(m),
+            self.grid[2].eval(m),
+        ]
     }
 }
 
@@ -268,14 +272,22 @@ impl Manifest {
         if s.n == 0 || s.k == 0 {
             return Err("shapes.n and shapes.k must be positive".into());
         }
-        if t.tile_n == 0 || t.tile_k == 0 || t.tile_m == 0 || s.n % t.tile_n != 0 || s.k % t.tile_k != 0 {
+        if t.tile_n == 0
+            || t.tile_k == 0
+            || t.tile_m == 0
+            || s.n % t.tile_n != 0
+            || s.k % t.tile_k != 0
+        {
             return Err(format!(
                 "tiling {}x{}x{} does not divide N={} K={}",
                 t.tile_m, t.tile_n, t.tile_k, s.n, s.k
             ));
         }
         if self.format.group == 0 || s.k % self.format.group != 0 {
-            return Err(format!("group {} does not divide K={}", self.format.group, s.k));
+            return Err(format!(
+                "group {} does not divide K={}",
+                self.format.group, s.k
+            ));
         }
         if self.format.element.exp_bits + self.format.element.man_bits != 3 {
             return Err("element must be a 4-bit minifloat (exp_bits + man_bits = 3)".into());
@@ -299,7 +311,12 @@ impl Manifest {
         if end > self.kernarg_bytes {
             return Err("arguments exceed kernarg_bytes".into());
         }
-        if self.launch.grid.iter().any(|g| matches!(g, GridDim::CeilDivM { divisor: 0 })) {
+        if self
+            .launch
+            .grid
+            .iter()
+            .any(|g| matches!(g, GridDim::CeilDivM { divisor: 0 }))
+        {
             return Err("grid divisor 0".into());
         }
         Ok(())

@@ -4,13 +4,14 @@
 use melior::{
     ir::{
         attribute::{
-            DenseElementsAttribute, DenseI32ArrayAttribute, DenseI64ArrayAttribute, FlatSymbolRefAttribute,
-            FloatAttribute, IntegerAttribute, StringAttribute, TypeAttribute,
+            DenseElementsAttribute, DenseI32ArrayAttribute, DenseI64ArrayAttribute,
+            FlatSymbolRefAttribute, FloatAttribute, IntegerAttribute, StringAttribute,
+            TypeAttribute,
         },
         operation::{OperationBuilder, OperationLike, OperationRef},
         r#type::{DimSize, FunctionType, IntegerType, MemRefType, ShapedTypeLike},
-        Attribute, Block, BlockLike, BlockRef, Identifier, Location, Operation, Region, RegionLike, Type, Value,
-        ValueLike,
+        Attribute, Block, BlockLike, BlockRef, Identifier, Location, Operation, Region, RegionLike,
+        Type, Value, ValueLike,
     },
     Context,
 };
@@ -176,7 +177,12 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.op1("arith.constant", &[], ty, &[("value", attr.into())])
     }
 
-    fn binary(&self, name: &str, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+    fn binary(
+        &self,
+        name: &str,
+        a: Value<'c, 'b>,
+        b: Value<'c, 'b>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         self.op1(name, &[a, b], a.r#type(), &[])
     }
     pub fn addi(&self, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
@@ -212,7 +218,12 @@ impl<'c, 'b> Emitter<'c, 'b> {
     pub fn mulf(&self, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
         self.binary("arith.mulf", a, b)
     }
-    pub fn cmpi(&self, pred: Cmp, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+    pub fn cmpi(
+        &self,
+        pred: Cmp,
+        a: Value<'c, 'b>,
+        b: Value<'c, 'b>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         let i64t = self.int(64);
         let i1 = self.int(1);
         self.op1(
@@ -222,7 +233,12 @@ impl<'c, 'b> Emitter<'c, 'b> {
             &[("predicate", IntegerAttribute::new(i64t, pred as i64).into())],
         )
     }
-    pub fn select(&self, c: Value<'c, 'b>, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+    pub fn select(
+        &self,
+        c: Value<'c, 'b>,
+        a: Value<'c, 'b>,
+        b: Value<'c, 'b>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         self.op1("arith.select", &[c, a, b], a.r#type(), &[])
     }
     pub fn index_cast(&self, v: Value<'c, 'b>, to: Type<'c>) -> Result<Value<'c, 'b>, IrError> {
@@ -254,12 +270,20 @@ impl<'c, 'b> Emitter<'c, 'b> {
     pub fn broadcast(&self, v: Value<'c, 'b>, to: Type<'c>) -> Result<Value<'c, 'b>, IrError> {
         self.op1("vector.broadcast", &[v], to, &[])
     }
-    pub fn extract(&self, v: Value<'c, 'b>, pos: i64, elem: Type<'c>) -> Result<Value<'c, 'b>, IrError> {
+    pub fn extract(
+        &self,
+        v: Value<'c, 'b>,
+        pos: i64,
+        elem: Type<'c>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         self.op1(
             "vector.extract",
             &[v],
             elem,
-            &[("static_position", DenseI64ArrayAttribute::new(self.ctx, &[pos]).into())],
+            &[(
+                "static_position",
+                DenseI64ArrayAttribute::new(self.ctx, &[pos]).into(),
+            )],
         )
     }
     pub fn shuffle(
@@ -277,7 +301,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
             &[("mask", DenseI64ArrayAttribute::new(self.ctx, mask).into())],
         )
     }
-    pub fn from_elements(&self, elems: &[Value<'c, 'b>], ty: Type<'c>) -> Result<Value<'c, 'b>, IrError> {
+    pub fn from_elements(
+        &self,
+        elems: &[Value<'c, 'b>],
+        ty: Type<'c>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         self.op1("vector.from_elements", elems, ty, &[])
     }
     pub fn vload(
@@ -288,14 +316,29 @@ impl<'c, 'b> Emitter<'c, 'b> {
     ) -> Result<Value<'c, 'b>, IrError> {
         self.op1("vector.load", &[mem, idx], ty, &[])
     }
-    pub fn vstore(&self, v: Value<'c, 'b>, mem: Value<'c, 'b>, idx: Value<'c, 'b>) -> Result<(), IrError> {
+    pub fn vstore(
+        &self,
+        v: Value<'c, 'b>,
+        mem: Value<'c, 'b>,
+        idx: Value<'c, 'b>,
+    ) -> Result<(), IrError> {
         self.op("vector.store", &[v, mem, idx], &[], &[])?;
         Ok(())
     }
-    pub fn load(&self, mem: Value<'c, 'b>, idx: Value<'c, 'b>, ty: Type<'c>) -> Result<Value<'c, 'b>, IrError> {
+    pub fn load(
+        &self,
+        mem: Value<'c, 'b>,
+        idx: Value<'c, 'b>,
+        ty: Type<'c>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         self.op1("memref.load", &[mem, idx], ty, &[])
     }
-    pub fn store(&self, v: Value<'c, 'b>, mem: Value<'c, 'b>, idx: Value<'c, 'b>) -> Result<(), IrError> {
+    pub fn store(
+        &self,
+        v: Value<'c, 'b>,
+        mem: Value<'c, 'b>,
+        idx: Value<'c, 'b>,
+    ) -> Result<(), IrError> {
         self.op("memref.store", &[v, mem, idx], &[], &[])?;
         Ok(())
     }
@@ -316,7 +359,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
 
     /// `amdgpu.fat_raw_buffer_cast`: a bounds-checked buffer view of `mem` whose reads past `valid_bytes` return 0 and
     /// whose writes there are dropped.
-    pub fn fat_buffer(&self, mem: Value<'c, 'b>, valid_bytes: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+    pub fn fat_buffer(
+        &self,
+        mem: Value<'c, 'b>,
+        valid_bytes: Value<'c, 'b>,
+    ) -> Result<Value<'c, 'b>, IrError> {
         let mt = MemRefType::try_from(mem.r#type()).map_err(|e| IrError::Build {
             op: "amdgpu.fat_raw_buffer_cast".into(),
             message: e.to_string(),
@@ -341,7 +388,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
             to.into(),
             &[
                 ("boundsCheck", self.attr("true")?),
-                ("operandSegmentSizes", DenseI32ArrayAttribute::new(self.ctx, &[1, 1, 0]).into()),
+                (
+                    "operandSegmentSizes",
+                    DenseI32ArrayAttribute::new(self.ctx, &[1, 1, 0]).into(),
+                ),
                 ("resetOffset", Attribute::unit(self.ctx)),
             ],
         )
@@ -369,10 +419,22 @@ impl<'c, 'b> Emitter<'c, 'b> {
             &[mem, offset],
             view.into(),
             &[
-                ("operandSegmentSizes", DenseI32ArrayAttribute::new(self.ctx, &[1, 1, 0, 0]).into()),
-                ("static_offsets", DenseI64ArrayAttribute::new(self.ctx, &[i64::MIN]).into()),
-                ("static_sizes", DenseI64ArrayAttribute::new(self.ctx, &[size]).into()),
-                ("static_strides", DenseI64ArrayAttribute::new(self.ctx, &[1]).into()),
+                (
+                    "operandSegmentSizes",
+                    DenseI32ArrayAttribute::new(self.ctx, &[1, 1, 0, 0]).into(),
+                ),
+                (
+                    "static_offsets",
+                    DenseI64ArrayAttribute::new(self.ctx, &[i64::MIN]).into(),
+                ),
+                (
+                    "static_sizes",
+                    DenseI64ArrayAttribute::new(self.ctx, &[size]).into(),
+                ),
+                (
+                    "static_strides",
+                    DenseI64ArrayAttribute::new(self.ctx, &[1]).into(),
+                ),
             ],
         )?;
         self.fat_buffer(v, valid_bytes)
@@ -417,7 +479,11 @@ impl<'c, 'b> Emitter<'c, 'b> {
         body: F,
     ) -> Result<Vec<Value<'c, 'b>>, IrError>
     where
-        F: FnOnce(Emitter<'c, 'b>, Value<'c, 'b>, Vec<Value<'c, 'b>>) -> Result<Vec<Value<'c, 'b>>, IrError>,
+        F: FnOnce(
+            Emitter<'c, 'b>,
+            Value<'c, 'b>,
+            Vec<Value<'c, 'b>>,
+        ) -> Result<Vec<Value<'c, 'b>>, IrError>,
     {
         let mut args = vec![(self.index(), self.loc)];
         args.extend(inits.iter().map(|v| (v.r#type(), self.loc)));
@@ -426,7 +492,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let block_ref = detach(region.append_block(block));
         {
             let inner = Emitter::new(self.ctx, self.loc, block_ref);
-            let iv: Value = block_ref.argument(0).map_err(|e| build_err("scf.for", e))?.into();
+            let iv: Value = block_ref
+                .argument(0)
+                .map_err(|e| build_err("scf.for", e))?
+                .into();
             let iter: Vec<Value> = (1..=inits.len())
                 .map(|i| block_ref.argument(i).map(Value::from))
                 .collect::<Result<_, _>>()
@@ -477,7 +546,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
             "func.call",
             args,
             results,
-            &[("callee", FlatSymbolRefAttribute::new(self.ctx, callee).into())],
+            &[(
+                "callee",
+                FlatSymbolRefAttribute::new(self.ctx, callee).into(),
+            )],
         )
     }
 
