@@ -133,3 +133,183 @@ fn mulf_outside_dequant(p: &Plan) -> usize {
         0
     }
 }
+
+// ---- execution through the interpreter ----
+
+use nibble_compiler::interp::{self, ElemType, Scalar};
+use nibble_compiler::plan::SecondHalf;
+
+/// The repacked word for eight element codes, built from the layout contract (docs/MANIFEST.md) independently of
+/// the runtime's repacker: `A(c0..c3) | T^-1(A(c4..c7))`, -0 stored as +0.
+fn word_for(p: &Plan, codes: [u8; 8]) -> u32 {
+    let byte = |c: u8| -> u32 {
+        let c = if c == 8 { 0 } else { c };
+        (u32::from(c & 8) << 4) | (u32::from(c & 7) << p.dequant.mag_shift)
+    };
+    let a = |cs: &[u8]| -> u32 { cs.iter().enumerate().map(|(i, c)| byte(*c) << (8 * i)).sum() };
+    let lo = a(&codes[..4]);
+    let hi = a(&codes[4..]);
+    lo | match p.dequant.second_half {
+        SecondHalf::Bitreverse => hi.reverse_bits(),
+        SecondHalf::Rotl4 => hi.rotate_right(4),
+    }
+}
+
+/// Every accepted scale of the format: (checkpoint scale value, the f32 the kernel receives).
+fn scale_sweep(p: &Plan) -> Vec<(f64, f32)> {
+    let off = 2f64.powi(p.scale_layout.exp_offset);
+    let normal = |v: f64| v == 0.0 || (v.abs() >= f64::from(f32::MIN_POSITIVE) && v <= f64::from(f32::MAX));
+    let mut out = vec![];
+    match p.format.scale {
+        ScaleType::E8m0 => {
+            for e in 0..255u32 {
+                let v = 2f64.powi(e as i32 - 127);
+                if normal(v * off) {
+                    out.push((v, (v * off) as f32));
+                }
+            }
+        }
+        ScaleType::E4m3 => {
+            for code in 0..0x7Fu32 {
+                let (e, m) = ((code >> 3) & 0xF, code & 7);
+                let v = if e == 0 {
+                    f64::from(m) / 8.0 * 2f64.powi(-6)
+                } else {
+                    (1.0 + f64::from(m) / 8.0) * 2f64.powi(e as i32 - 7)
+                };
+                out.push((v, (v * off) as f32));
+            }
+        }
+        // Wider scales: a spread of magnitudes and significands.
+        _ => {
+            for e in -20..20 {
+                for m in [1.0, 1.1875, 1.5, 1.9990234375] {
+                    let v = m * 2f64.powi(e);
+                    let v = match p.format.scale {
+                        ScaleType::Bf16 => f64::from(half::bf16::from_f64(v).to_f64()),
+                        ScaleType::F16 => f64::from(half::f16::from_f64(v).to_f64()),
+                        _ => f64::from(v as f32),
+                    };
+                    out.push((v, (v * off) as f32));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The table-based reference for one element: value x scale in f32 (the kernel's definition), rounded to the
+/// operand type, as bits. -0 is +0 (the repack stores it so).
+fn reference_bits(p: &Plan, code: u8, scale: f64) -> u64 {
+    let v = if code == 8 { 0.0 } else { p.format.element.value(code) };
+    let prod = (v as f32) * (scale as f32);
+    match p.x {
+        DType::Bf16 => u64::from(half::bf16::from_f32(prod).to_bits()),
+        DType::F16 => u64::from(half::f16::from_f32(prod).to_bits()),
+    }
+}
+
+fn run_probe(module: &melior::ir::Module, word: u32, scale: f32) -> Vec<u64> {
+    let out = interp::call(
+        module,
+        dequant::PROBE_FN,
+        &[Scalar::I32(word), Scalar::Vec(ElemType::F32, vec![u64::from(scale.to_bits()); 2])],
+    )
+    .expect("the probe runs");
+    out[0].bits()
+}
+
+/// Mismatches of the probe (reference function or rewritten) against the table, over all codes in all 8 positions
+/// and the whole scale sweep.
+fn mismatches(p: &Plan, module: &melior::ir::Module, limit: usize) -> Vec<String> {
+    let mut bad = vec![];
+    for (scale, kernel_scale) in scale_sweep(p) {
+        for shift in 0..16u8 {
+            // Position t holds code (shift + 5t) mod 16: over the 16 shifts, every code visits every position.
+            let codes: [u8; 8] = std::array::from_fn(|t| (shift + 5 * t as u8) % 16);
+            let got = run_probe(module, word_for(p, codes), kernel_scale);
+            for (t, c) in codes.iter().enumerate() {
+                let want = reference_bits(p, *c, scale);
+                if got[t] != want && bad.len() < limit {
+                    bad.push(format!(
+                        "code {c:#x} at {t}, scale {scale:e}: got {:#06x}, want {want:#06x}",
+                        got[t]
+                    ));
+                }
+            }
+        }
+    }
+    bad
+}
+
+fn exec_cases() -> Vec<(&'static str, KernelSpec)> {
+    vec![
+        ("mxfp4", spec((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16, MmaAtom::M16N16K16)),
+        ("nvfp4", spec((2, 1, 1), ScaleType::E4m3, 16, DType::Bf16, MmaAtom::M16N16K16)),
+        ("mxfp4 f16 activations", spec((2, 1, 1), ScaleType::E8m0, 32, DType::F16, MmaAtom::M32N32K8)),
+        ("e1m2 bias 1, bf16 scales", spec((1, 2, 1), ScaleType::Bf16, 64, DType::Bf16, MmaAtom::M16N16K16)),
+        ("e2m1 bias 3, f32 scales", spec((2, 1, 3), ScaleType::F32, 32, DType::Bf16, MmaAtom::M16N16K16)),
+    ]
+}
+
+#[test]
+fn every_code_and_scale_matches_the_table_reference_through_the_lowered_ir() {
+    for (name, s) in exec_cases() {
+        for arch in [Arch::Gfx942, Arch::Gfx90a] {
+            let p = plan(&s, arch).expect("plans");
+            let module = dequant::build_probe(&p).expect("builds");
+            // The reference function itself (MX types / table) defines the semantics...
+            let before = mismatches(&p, &module, 5);
+            assert!(before.is_empty(), "{name} {}: reference function: {before:#?}", arch.name());
+            // ...and the bit-trick sequence the pass substitutes must agree with it everywhere.
+            assert_eq!(dequant::run(&module, &p).expect("pass"), 1);
+            let after = mismatches(&p, &module, 5);
+            assert!(after.is_empty(), "{name} {}: lowered sequence: {after:#?}", arch.name());
+        }
+    }
+}
+
+/// Negative controls: a broken layout or format must make the comparison fail.
+#[test]
+fn broken_layouts_and_formats_are_detected() {
+    let s = spec((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16, MmaAtom::M16N16K16);
+    for arch in [Arch::Gfx942, Arch::Gfx90a] {
+        let good = plan(&s, arch).expect("plans");
+
+        // The pass emits a mask missing the top mantissa bit.
+        let mut bad_mask = good.clone();
+        bad_mask.dequant.mask &= !0x0202_0202;
+        let module = dequant::build_probe(&bad_mask).expect("builds");
+        dequant::run(&module, &bad_mask).expect("pass");
+        assert!(!mismatches(&good, &module, 1).is_empty(), "{}: wrong mask undetected", arch.name());
+
+        // The second half is transformed the wrong way (rotate instead of reverse).
+        let mut bad_half = good.clone();
+        bad_half.dequant.second_half = SecondHalf::Rotl4;
+        let module = dequant::build_probe(&bad_half).expect("builds");
+        dequant::run(&module, &bad_half).expect("pass");
+        assert!(!mismatches(&good, &module, 1).is_empty(), "{}: wrong half undetected", arch.name());
+
+        // Scales off by one binade (a wrong exponent offset in the repacking).
+        let mut bad_scale = good.clone();
+        bad_scale.scale_layout.exp_offset += 1;
+        let module = dequant::build_probe(&good).expect("builds");
+        dequant::run(&module, &good).expect("pass");
+        assert!(!mismatches_with_sweep(&good, &bad_scale, &module).is_empty());
+    }
+}
+
+/// Like `mismatches`, but feeds the kernel scales repacked under `repacked`'s layout.
+fn mismatches_with_sweep(p: &Plan, repacked: &Plan, module: &melior::ir::Module) -> Vec<String> {
+    let mut bad = vec![];
+    for ((scale, _), (_, kernel_scale)) in scale_sweep(p).into_iter().zip(scale_sweep(repacked)).take(40) {
+        let codes = [1u8, 2, 3, 4, 5, 6, 7, 9];
+        let got = run_probe(module, word_for(p, codes), kernel_scale);
+        for (t, c) in codes.iter().enumerate() {
+            if got[t] != reference_bits(p, *c, scale) {
+                bad.push(format!("code {c} scale {scale:e}"));
+            }
+        }
+    }
+    bad
+}

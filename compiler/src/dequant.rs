@@ -287,3 +287,41 @@ pub fn run(module: &Module<'static>, p: &Plan) -> Result<usize, IrError> {
     }
     Ok(calls.len())
 }
+
+/// Name of the single-call function `build_probe` emits.
+pub const PROBE_FN: &str = "nibble_dequant_probe";
+
+/// A module with the reference function and `func.func @nibble_dequant_probe(%word: i32, %scale: vector<2xf32>)`
+/// that calls it once: the unit the dequant pass is tested on (before and after `run`, through the interpreter).
+pub fn build_probe(p: &Plan) -> Result<Module<'static>, IrError> {
+    let ctx = ir::context();
+    let loc = melior::ir::Location::new(ctx, "probe", 0, 0);
+    let module = Module::new(loc);
+    let top = Emitter::new(ctx, loc, ir::emit::detach(module.body()));
+    build_reference_fn(&top, p)?;
+    let i32t = top.int(32);
+    let s2 = top.vector(2, top.f32());
+    let out = top.vector(8, dtype(&top, p.x));
+    let region = Region::new();
+    let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, loc), (s2, loc)])));
+    let b = top.at(block);
+    let args: Vec<Value> = (0..2)
+        .map(|i| block.argument(i).map(Value::from))
+        .collect::<Result<_, _>>()
+        .map_err(|err| ir::emit::build_err("func.func", err))?;
+    let r = b.call(DEQUANT_FN, &args, &[out])?;
+    b.op("func.return", &r, &[], &[])?;
+    let func = OperationBuilder::new("func.func", loc)
+        .add_attributes(&[
+            (top.ident("sym_name"), top.string(PROBE_FN)),
+            (top.ident("function_type"), top.func_type(&[i32t, s2], &[out])),
+        ])
+        .add_regions([region])
+        .build()
+        .map_err(|err| ir::emit::build_err("func.func", err))?;
+    top.append(func);
+    if !module.as_operation().verify() {
+        return Err(IrError::Verify { stage: "dequant probe" });
+    }
+    Ok(module)
+}

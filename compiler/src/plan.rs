@@ -124,11 +124,11 @@ pub struct Plan {
 pub fn auto_tiling(spec: &KernelSpec, _arch: Arch) -> Tiling {
     let tile_n = [128u32, 64, 32, 16]
         .into_iter()
-        .find(|t| spec.n % t == 0)
+        .find(|t| spec.n.is_multiple_of(*t))
         .unwrap_or(16);
     let tile_k = [256u32, 128]
         .into_iter()
-        .find(|t| spec.k % t == 0)
+        .find(|t| spec.k.is_multiple_of(*t))
         .unwrap_or(128);
     let waves_n = (tile_n / 16).clamp(1, 4);
     Tiling {
@@ -162,13 +162,13 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let elem = &fmt.element;
     // The checker guarantees these; the plan re-asserts the ones its arithmetic depends on so a misuse of the API
     // is an error rather than a wrong kernel.
-    if t.tile_k % 128 != 0 || spec.k % t.tile_k != 0 || spec.n % t.tile_n != 0 {
+    if !t.tile_k.is_multiple_of(128) || !spec.k.is_multiple_of(t.tile_k) || !spec.n.is_multiple_of(t.tile_n) {
         return Err(unsupported(format!(
             "tile {}x{}x{} does not fit N={} K={} (tile_k must be a multiple of 128)",
             t.tile_m, t.tile_n, t.tile_k, spec.n, spec.k
         )));
     }
-    if t.tile_m % (t.waves_m * atom.m()) != 0 || t.tile_n % (t.waves_n * atom.n()) != 0 {
+    if !t.tile_m.is_multiple_of(t.waves_m * atom.m()) || !t.tile_n.is_multiple_of(t.waves_n * atom.n()) {
         return Err(unsupported(
             "waves and MFMA atom do not divide the tile".into(),
         ));
