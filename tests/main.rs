@@ -1,4 +1,6 @@
 //! The single integration-test binary: one module per area, so MLIR is linked once.
 
 mod dequant;
+mod inspect;
+mod interp;
 mod plan;
