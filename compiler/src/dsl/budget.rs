@@ -1,0 +1,85 @@
+//! Resource estimates for an explicit tiling: LDS bytes per workgroup and VGPRs per lane.
+//!
+//! These are the formulas the checker enforces and the planner reuses; docs/DSL.md ("Budgets") explains each term.
+//! All arithmetic is saturating `u64`, so hostile tile sizes cannot overflow (they only exceed every budget).
+
+use crate::arch::ArchInfo;
+use crate::spec::Tiling;
+
+/// Extra padding elements per LDS row of the activation tile (breaks bank conflicts).
+pub const LDS_PAD_ELEMS: u64 = 8;
+/// Bytes per activation element in LDS (bf16 / f16).
+pub const LDS_ELEM_BYTES: u64 = 2;
+/// VGPRs for addresses, loop counters, lane ids and dequantization temporaries.
+pub const VGPR_OVERHEAD: u64 = 24;
+/// The weight layout moves K in chunks of this many elements; `tile_k` must be a multiple.
+pub const K_CHUNK: u32 = 128;
+/// Most waves per workgroup (1024 lanes of 64).
+pub const MAX_WAVES: u32 = 16;
+/// Most pipeline stages.
+pub const MAX_STAGES: u32 = 4;
+
+/// LDS bytes: `stages * tile_m * (tile_k + 8) * 2` (the x tile, double-buffered `stages` times, padded rows).
+pub fn lds_bytes(t: &Tiling) -> u64 {
+    u64::from(t.stages)
+        .saturating_mul(u64::from(t.tile_m))
+        .saturating_mul(u64::from(t.tile_k) + LDS_PAD_ELEMS)
+        .saturating_mul(LDS_ELEM_BYTES)
+}
+
+/// The terms of the VGPR estimate, per lane of one wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VgprEstimate {
+    /// Accumulators: `tile_m * tile_n / (waves_m * waves_n * 64)` f32 values per lane.
+    pub acc: u64,
+    /// Packed weight words per lane for one K tile: `(tile_n / waves_n) * tile_k / 64 / 8` (8 nibbles a dword).
+    pub wwords: u64,
+    /// Block scales per lane: `(tile_n / waves_n / atom_n) * max(1, tile_k / group)`.
+    pub scales: u64,
+    /// A-operand registers: `4 * (tile_m / waves_m / atom_m)`.
+    pub areg: u64,
+    /// Fixed overhead, [`VGPR_OVERHEAD`].
+    pub overhead: u64,
+}
+
+impl VgprEstimate {
+    /// `acc + 2 * wwords + scales + areg + overhead` (weights are double-buffered in registers).
+    pub fn total(&self) -> u64 {
+        self.acc
+            .saturating_add(self.wwords.saturating_mul(2))
+            .saturating_add(self.scales)
+            .saturating_add(self.areg)
+            .saturating_add(self.overhead)
+    }
+}
+
+/// The VGPR estimate for `t` with scale groups of `group` K elements. Zero divisors (rejected earlier by the
+/// checker) give zero terms rather than a panic.
+pub fn vgprs(t: &Tiling, group: u32) -> VgprEstimate {
+    let d = |a: u64, b: u64| a.checked_div(b).unwrap_or(0);
+    let (tm, tn, tk) = (
+        u64::from(t.tile_m),
+        u64::from(t.tile_n),
+        u64::from(t.tile_k),
+    );
+    let (wm, wn) = (u64::from(t.waves_m), u64::from(t.waves_n));
+    let (am, an) = (u64::from(t.mma.m()), u64::from(t.mma.n()));
+    // Products of two u32 values fit u64; the rest saturates.
+    VgprEstimate {
+        acc: d(tm * tn, (wm * wn).saturating_mul(64)),
+        wwords: d(d(tn, wn).saturating_mul(tk), 64 * 8),
+        scales: d(d(tn, wn), an).saturating_mul(d(tk, u64::from(group)).max(1)),
+        areg: d(d(tm, wm), am).saturating_mul(4),
+        overhead: VGPR_OVERHEAD,
+    }
+}
+
+/// Whether the LDS estimate fits `arch`.
+pub fn lds_fits(t: &Tiling, arch: &ArchInfo) -> bool {
+    lds_bytes(t) <= u64::from(arch.lds_bytes)
+}
+
+/// Whether the VGPR estimate fits `arch`.
+pub fn vgprs_fit(t: &Tiling, group: u32, arch: &ArchInfo) -> bool {
+    vgprs(t, group).total() <= u64::from(arch.max_vgprs)
+}
