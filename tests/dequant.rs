@@ -146,7 +146,12 @@ fn word_for(p: &Plan, codes: [u8; 8]) -> u32 {
         let c = if c == 8 { 0 } else { c };
         (u32::from(c & 8) << 4) | (u32::from(c & 7) << p.dequant.mag_shift)
     };
-    let a = |cs: &[u8]| -> u32 { cs.iter().enumerate().map(|(i, c)| byte(*c) << (8 * i)).sum() };
+    let a = |cs: &[u8]| -> u32 {
+        cs.iter()
+            .enumerate()
+            .map(|(i, c)| byte(*c) << (8 * i))
+            .sum()
+    };
     let lo = a(&codes[..4]);
     let hi = a(&codes[4..]);
     lo | match p.dequant.second_half {
@@ -158,7 +163,8 @@ fn word_for(p: &Plan, codes: [u8; 8]) -> u32 {
 /// Every accepted scale of the format: (checkpoint scale value, the f32 the kernel receives).
 fn scale_sweep(p: &Plan) -> Vec<(f64, f32)> {
     let off = 2f64.powi(p.scale_layout.exp_offset);
-    let normal = |v: f64| v == 0.0 || (v.abs() >= f64::from(f32::MIN_POSITIVE) && v <= f64::from(f32::MAX));
+    let normal =
+        |v: f64| v == 0.0 || (v.abs() >= f64::from(f32::MIN_POSITIVE) && v <= f64::from(f32::MAX));
     let mut out = vec![];
     match p.format.scale {
         ScaleType::E8m0 => {
@@ -201,7 +207,11 @@ fn scale_sweep(p: &Plan) -> Vec<(f64, f32)> {
 /// The table-based reference for one element: value x scale in f32 (the kernel's definition), rounded to the
 /// operand type, as bits. -0 is +0 (the repack stores it so).
 fn reference_bits(p: &Plan, code: u8, scale: f64) -> u64 {
-    let v = if code == 8 { 0.0 } else { p.format.element.value(code) };
+    let v = if code == 8 {
+        0.0
+    } else {
+        p.format.element.value(code)
+    };
     let prod = (v as f32) * (scale as f32);
     match p.x {
         DType::Bf16 => u64::from(half::bf16::from_f32(prod).to_bits()),
@@ -213,7 +223,10 @@ fn run_probe(module: &melior::ir::Module, word: u32, scale: f32) -> Vec<u64> {
     let out = interp::call(
         module,
         dequant::PROBE_FN,
-        &[Scalar::I32(word), Scalar::Vec(ElemType::F32, vec![u64::from(scale.to_bits()); 2])],
+        &[
+            Scalar::I32(word),
+            Scalar::Vec(ElemType::F32, vec![u64::from(scale.to_bits()); 2]),
+        ],
     )
     .expect("the probe runs");
     out[0].bits()
@@ -244,11 +257,56 @@ fn mismatches(p: &Plan, module: &melior::ir::Module, limit: usize) -> Vec<String
 
 fn exec_cases() -> Vec<(&'static str, KernelSpec)> {
     vec![
-        ("mxfp4", spec((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16, MmaAtom::M16N16K16)),
-        ("nvfp4", spec((2, 1, 1), ScaleType::E4m3, 16, DType::Bf16, MmaAtom::M16N16K16)),
-        ("mxfp4 f16 activations", spec((2, 1, 1), ScaleType::E8m0, 32, DType::F16, MmaAtom::M32N32K8)),
-        ("e1m2 bias 1, bf16 scales", spec((1, 2, 1), ScaleType::Bf16, 64, DType::Bf16, MmaAtom::M16N16K16)),
-        ("e2m1 bias 3, f32 scales", spec((2, 1, 3), ScaleType::F32, 32, DType::Bf16, MmaAtom::M16N16K16)),
+        (
+            "mxfp4",
+            spec(
+                (2, 1, 1),
+                ScaleType::E8m0,
+                32,
+                DType::Bf16,
+                MmaAtom::M16N16K16,
+            ),
+        ),
+        (
+            "nvfp4",
+            spec(
+                (2, 1, 1),
+                ScaleType::E4m3,
+                16,
+                DType::Bf16,
+                MmaAtom::M16N16K16,
+            ),
+        ),
+        (
+            "mxfp4 f16 activations",
+            spec(
+                (2, 1, 1),
+                ScaleType::E8m0,
+                32,
+                DType::F16,
+                MmaAtom::M32N32K8,
+            ),
+        ),
+        (
+            "e1m2 bias 1, bf16 scales",
+            spec(
+                (1, 2, 1),
+                ScaleType::Bf16,
+                64,
+                DType::Bf16,
+                MmaAtom::M16N16K16,
+            ),
+        ),
+        (
+            "e2m1 bias 3, f32 scales",
+            spec(
+                (2, 1, 3),
+                ScaleType::F32,
+                32,
+                DType::Bf16,
+                MmaAtom::M16N16K16,
+            ),
+        ),
     ]
 }
 
@@ -260,11 +318,19 @@ fn every_code_and_scale_matches_the_table_reference_through_the_lowered_ir() {
             let module = dequant::build_probe(&p).expect("builds");
             // The reference function itself (MX types / table) defines the semantics...
             let before = mismatches(&p, &module, 5);
-            assert!(before.is_empty(), "{name} {}: reference function: {before:#?}", arch.name());
+            assert!(
+                before.is_empty(),
+                "{name} {}: reference function: {before:#?}",
+                arch.name()
+            );
             // ...and the bit-trick sequence the pass substitutes must agree with it everywhere.
             assert_eq!(dequant::run(&module, &p).expect("pass"), 1);
             let after = mismatches(&p, &module, 5);
-            assert!(after.is_empty(), "{name} {}: lowered sequence: {after:#?}", arch.name());
+            assert!(
+                after.is_empty(),
+                "{name} {}: lowered sequence: {after:#?}",
+                arch.name()
+            );
         }
     }
 }
@@ -272,7 +338,13 @@ fn every_code_and_scale_matches_the_table_reference_through_the_lowered_ir() {
 /// Negative controls: a broken layout or format must make the comparison fail.
 #[test]
 fn broken_layouts_and_formats_are_detected() {
-    let s = spec((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16, MmaAtom::M16N16K16);
+    let s = spec(
+        (2, 1, 1),
+        ScaleType::E8m0,
+        32,
+        DType::Bf16,
+        MmaAtom::M16N16K16,
+    );
     for arch in [Arch::Gfx942, Arch::Gfx90a] {
         let good = plan(&s, arch).expect("plans");
 
@@ -281,14 +353,22 @@ fn broken_layouts_and_formats_are_detected() {
         bad_mask.dequant.mask &= !0x0202_0202;
         let module = dequant::build_probe(&bad_mask).expect("builds");
         dequant::run(&module, &bad_mask).expect("pass");
-        assert!(!mismatches(&good, &module, 1).is_empty(), "{}: wrong mask undetected", arch.name());
+        assert!(
+            !mismatches(&good, &module, 1).is_empty(),
+            "{}: wrong mask undetected",
+            arch.name()
+        );
 
         // The second half is transformed the wrong way (rotate instead of reverse).
         let mut bad_half = good.clone();
         bad_half.dequant.second_half = SecondHalf::Rotl4;
         let module = dequant::build_probe(&bad_half).expect("builds");
         dequant::run(&module, &bad_half).expect("pass");
-        assert!(!mismatches(&good, &module, 1).is_empty(), "{}: wrong half undetected", arch.name());
+        assert!(
+            !mismatches(&good, &module, 1).is_empty(),
+            "{}: wrong half undetected",
+            arch.name()
+        );
 
         // Scales off by one binade (a wrong exponent offset in the repacking).
         let mut bad_scale = good.clone();
@@ -302,7 +382,11 @@ fn broken_layouts_and_formats_are_detected() {
 /// Like `mismatches`, but feeds the kernel scales repacked under `repacked`'s layout.
 fn mismatches_with_sweep(p: &Plan, repacked: &Plan, module: &melior::ir::Module) -> Vec<String> {
     let mut bad = vec![];
-    for ((scale, _), (_, kernel_scale)) in scale_sweep(p).into_iter().zip(scale_sweep(repacked)).take(40) {
+    for ((scale, _), (_, kernel_scale)) in scale_sweep(p)
+        .into_iter()
+        .zip(scale_sweep(repacked))
+        .take(40)
+    {
         let codes = [1u8, 2, 3, 4, 5, 6, 7, 9];
         let got = run_probe(module, word_for(p, codes), kernel_scale);
         for (t, c) in codes.iter().enumerate() {

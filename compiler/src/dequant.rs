@@ -174,9 +174,30 @@ pub fn bit_trick<'c, 'b>(
     let hi = e.andi(other, mask)?;
     let v2f = e.vector(2, f32t);
     let s2 = scale;
+    let bf16_out = p.dequant.operand == crate::spec::DType::Bf16;
+    // Round-to-nearest-even of finite f32 to bf16 on the bit pattern: add 0x7fff plus the lowest kept bit, keep the
+    // high half. Products here are never NaN or infinite (scales are validated at repack time), so the NaN handling
+    // of a general conversion is not needed: two instructions per element (v_bfe_u32, v_add3_u32).
+    let round_bf16 = |v: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
+        let v2i = e.vector(2, i32t);
+        let bits = e.vbitcast(v, v2i)?;
+        let sixteen = e.splat_i32(2, 16)?;
+        let one = e.splat_i32(2, 1)?;
+        let lsb = e.shrui(bits, sixteen)?;
+        let lsb = e.andi(lsb, one)?;
+        let bias = e.splat_i32(2, 0x7fff)?;
+        let r = e.addi(bits, bias)?;
+        let r = e.addi(r, lsb)?;
+        e.vbitcast(r, v2f)
+    };
     let pack = |prod: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
-        if p.dequant.exact_pack {
-            // The product is exact in bf16, so its f32 low half is zero: keep the high halves (one byte permute).
+        if p.dequant.exact_pack || bf16_out {
+            // Exact products have a zero low half; others were rounded above: keep the high halves (a byte permute).
+            let prod = if p.dequant.exact_pack {
+                prod
+            } else {
+                round_bf16(prod)?
+            };
             let halves = e.vbitcast(prod, e.vector(4, xt))?;
             e.shuffle(halves, halves, &[1, 3], xt)
         } else {
@@ -218,7 +239,12 @@ pub fn bit_trick<'c, 'b>(
                 }
                 // (b0, b2) and (b1, b3) back into element order: (b0, b1), (b2, b3).
                 let (p02, p13) = (widened[0], widened[1]);
-                if p.dequant.exact_pack {
+                if p.dequant.exact_pack || bf16_out {
+                    let (p02, p13) = if p.dequant.exact_pack {
+                        (p02, p13)
+                    } else {
+                        (round_bf16(p02)?, round_bf16(p13)?)
+                    };
                     let a = e.vbitcast(p02, e.vector(4, xt))?;
                     let b = e.vbitcast(p13, e.vector(4, xt))?;
                     pairs.push(e.shuffle(a, b, &[1, 5], xt)?);
@@ -314,14 +340,19 @@ pub fn build_probe(p: &Plan) -> Result<Module<'static>, IrError> {
     let func = OperationBuilder::new("func.func", loc)
         .add_attributes(&[
             (top.ident("sym_name"), top.string(PROBE_FN)),
-            (top.ident("function_type"), top.func_type(&[i32t, s2], &[out])),
+            (
+                top.ident("function_type"),
+                top.func_type(&[i32t, s2], &[out]),
+            ),
         ])
         .add_regions([region])
         .build()
         .map_err(|err| ir::emit::build_err("func.func", err))?;
     top.append(func);
     if !module.as_operation().verify() {
-        return Err(IrError::Verify { stage: "dequant probe" });
+        return Err(IrError::Verify {
+            stage: "dequant probe",
+        });
     }
     Ok(module)
 }

@@ -85,6 +85,8 @@ pub struct KernelOutput {
     pub plan: Plan,
     pub manifest: Manifest,
     pub hsaco: Vec<u8>,
+    /// The GPU module after the dequant pass and cleanup, as MLIR text (the interpreter's input).
+    pub kernel_ir: String,
     /// Requested stage dumps, in stage order.
     pub dumps: Vec<(Stage, String)>,
 }
@@ -127,8 +129,9 @@ pub fn compile_kernel(
         source,
     };
     codegen::run_pipeline(&mut module, codegen::CLEANUP).map_err(cg_err)?;
+    let kernel_ir = module.as_operation().to_string();
     if emit.contains(&Stage::Dequant) {
-        dumps.push((Stage::Dequant, module.as_operation().to_string()));
+        dumps.push((Stage::Dequant, kernel_ir.clone()));
     }
     let art = codegen::compile(&mut module, arch).map_err(cg_err)?;
     if emit.contains(&Stage::Llvm) {
@@ -142,6 +145,7 @@ pub fn compile_kernel(
         plan,
         manifest,
         hsaco: art.hsaco,
+        kernel_ir,
         dumps,
     })
 }
@@ -228,6 +232,10 @@ pub fn compile_to_dir(
         let hsaco = out_dir.join(format!("{stem}.hsaco"));
         let json = out_dir.join(format!("{stem}.json"));
         write_atomically(&hsaco, &out.hsaco)?;
+        write_atomically(
+            &out_dir.join(&out.manifest.kernel_ir),
+            out.kernel_ir.as_bytes(),
+        )?;
         write_atomically(&json, out.manifest.to_json().as_bytes())?;
         let mut dumps = vec![];
         for (stage, text) in &out.dumps {

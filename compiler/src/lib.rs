@@ -12,4 +12,5 @@ pub mod kernel;
 pub mod linalg;
 pub mod manifest;
 pub mod plan;
+pub mod run;
 pub mod spec;

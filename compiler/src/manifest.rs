@@ -24,6 +24,7 @@ pub fn from_plan(p: &Plan) -> Manifest {
         symbol: p.symbol.clone(),
         arch: p.arch.name().to_string(),
         code_object: format!("{}.hsaco", stem(p)),
+        kernel_ir: format!("{}.kernel.mlir", stem(p)),
         shapes: m::Shapes {
             n: p.n,
             k: p.k,

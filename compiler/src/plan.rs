@@ -162,13 +162,18 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let elem = &fmt.element;
     // The checker guarantees these; the plan re-asserts the ones its arithmetic depends on so a misuse of the API
     // is an error rather than a wrong kernel.
-    if !t.tile_k.is_multiple_of(128) || !spec.k.is_multiple_of(t.tile_k) || !spec.n.is_multiple_of(t.tile_n) {
+    if !t.tile_k.is_multiple_of(128)
+        || !spec.k.is_multiple_of(t.tile_k)
+        || !spec.n.is_multiple_of(t.tile_n)
+    {
         return Err(unsupported(format!(
             "tile {}x{}x{} does not fit N={} K={} (tile_k must be a multiple of 128)",
             t.tile_m, t.tile_n, t.tile_k, spec.n, spec.k
         )));
     }
-    if !t.tile_m.is_multiple_of(t.waves_m * atom.m()) || !t.tile_n.is_multiple_of(t.waves_n * atom.n()) {
+    if !t.tile_m.is_multiple_of(t.waves_m * atom.m())
+        || !t.tile_n.is_multiple_of(t.waves_n * atom.n())
+    {
         return Err(unsupported(
             "waves and MFMA atom do not divide the tile".into(),
         ));

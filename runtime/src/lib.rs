@@ -3,3 +3,4 @@
 
 pub mod codeobj;
 pub mod manifest;
+pub mod numerics;

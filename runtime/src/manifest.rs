@@ -26,6 +26,9 @@ pub struct Manifest {
     pub arch: String,
     /// File name of the code object, relative to the manifest.
     pub code_object: String,
+    /// File name of the kernel's GPU IR after the dequant pass (MLIR text), relative to the manifest: the exact
+    /// module codegen lowered, which `nibble run --device interpret` executes.
+    pub kernel_ir: String,
     pub shapes: Shapes,
     pub format: Format,
     pub tiling: Tiling,
@@ -275,15 +278,15 @@ impl Manifest {
         if t.tile_n == 0
             || t.tile_k == 0
             || t.tile_m == 0
-            || s.n % t.tile_n != 0
-            || s.k % t.tile_k != 0
+            || !s.n.is_multiple_of(t.tile_n)
+            || !s.k.is_multiple_of(t.tile_k)
         {
             return Err(format!(
                 "tiling {}x{}x{} does not divide N={} K={}",
                 t.tile_m, t.tile_n, t.tile_k, s.n, s.k
             ));
         }
-        if self.format.group == 0 || s.k % self.format.group != 0 {
+        if self.format.group == 0 || !s.k.is_multiple_of(self.format.group) {
             return Err(format!(
                 "group {} does not divide K={}",
                 self.format.group, s.k
@@ -294,7 +297,7 @@ impl Manifest {
         }
         let wl = &self.weight_layout;
         let kc = wl.words_per_lane * 2 * wl.atom_k;
-        if wl.atom_n == 0 || kc == 0 || s.n % wl.atom_n != 0 || s.k % kc != 0 {
+        if wl.atom_n == 0 || kc == 0 || !s.n.is_multiple_of(wl.atom_n) || !s.k.is_multiple_of(kc) {
             return Err("weight layout does not divide the weight shape".into());
         }
         let threads: u32 = self.launch.block.iter().product();

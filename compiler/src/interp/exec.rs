@@ -66,6 +66,8 @@ pub(crate) struct Machine<'p, 'b> {
     pub epoch: u32,
     depth: u32,
     scratch: Vec<u8>,
+    /// See `LaunchOptions::fault_mfma_b_layout`.
+    pub fault_mfma_b_layout: bool,
 }
 
 /// Where a block's execution ended.
@@ -96,6 +98,7 @@ impl<'p, 'b> Machine<'p, 'b> {
             epoch: 1,
             depth: 0,
             scratch: vec![],
+            fault_mfma_b_layout: false,
         }
     }
 
@@ -949,7 +952,12 @@ impl<'p, 'b> Machine<'p, 'b> {
                     // A: lane l, element e holds A[l % m][kl * (l / m) + e]; B: B[kl * (l / n) + e][l % n].
                     let (ai, ak) = ((ln % m) as usize, (kl * (ln / m) + e) as usize);
                     am[ai * ku + ak] = float_value(t, regs[da + e as usize]) as f32;
-                    let (bk, bj) = ((kl * (ln / n) + e) as usize, (ln % n) as usize);
+                    let group = if self.fault_mfma_b_layout {
+                        (ln / n) ^ 1
+                    } else {
+                        ln / n
+                    };
+                    let (bk, bj) = ((kl * group + e) as usize, (ln % n) as usize);
                     bm[bk * nu + bj] = float_value(t, regs[db + e as usize]) as f32;
                 }
             }

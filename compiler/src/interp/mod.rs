@@ -283,11 +283,17 @@ pub struct LaunchOptions {
     /// Byte LDS is filled with at the start of each workgroup. The default 0xFF makes any read of never-written
     /// LDS show up as NaN in bf16 / f16 / f32 results.
     pub lds_fill: u8,
+    /// Fault injection for negative-control tests: gather MFMA B operands with the lane groups along K swapped
+    /// (lane `l` supplies `B[kl * ((l / n) ^ 1) + e]` instead of `B[kl * (l / n) + e]`). Never set otherwise.
+    pub fault_mfma_b_layout: bool,
 }
 
 impl Default for LaunchOptions {
     fn default() -> Self {
-        LaunchOptions { lds_fill: 0xFF }
+        LaunchOptions {
+            lds_fill: 0xFF,
+            fault_mfma_b_layout: false,
+        }
     }
 }
 
@@ -415,6 +421,7 @@ pub fn launch_with(
         mems.push(Mem::Lds(Lds::new(bytes as usize, options.lds_fill)));
     }
     let mut m = Machine::new(&prog, mems, grid, block, nl);
+    m.fault_mfma_b_layout = options.fault_mfma_b_layout;
     let lanes: Vec<u32> = (0..nl as u32).collect();
     let mut regs = vec![0u64; f.words * nl];
     for z in 0..grid[2] {

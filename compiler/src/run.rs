@@ -1,0 +1,253 @@
+//! Running a compiled kernel bundle on the interpreter ("virtual CDNA"): load `<kernel>.<arch>.json` and the kernel IR
+//! next to it, validate host inputs in checkpoint layout against the manifest, repack them as the manifest's layouts
+//! say (the runtime's repacker, the same code a GPU runtime uses), launch, and return `y`.
+
+use std::path::{Path, PathBuf};
+
+use melior::ir::Module;
+use nibble_runtime::manifest::{ArgRole, Manifest, ManifestError};
+use nibble_runtime::numerics::{repack, ScaleData};
+use thiserror::Error;
+
+use crate::interp::{self, InterpError, KernelArg, LaunchOptions, LaunchStats};
+use crate::ir;
+
+#[derive(Debug, Error)]
+pub enum RunError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{path}: the kernel IR does not parse as MLIR")]
+    KernelIr { path: String },
+    #[error("input `{name}`: {message}")]
+    Input { name: String, message: String },
+    #[error("repacking: {0}")]
+    Repack(String),
+    #[error("interpreter: {0}")]
+    Interp(#[from] InterpError),
+}
+
+/// A compiled kernel as the compiler wrote it: manifest plus the kernel IR it names.
+pub struct Bundle {
+    pub manifest_path: PathBuf,
+    pub manifest: Manifest,
+    pub kernel_ir: String,
+}
+
+impl Bundle {
+    pub fn load(manifest_path: &Path) -> Result<Bundle, RunError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| RunError::Io {
+                path: p.display().to_string(),
+                source,
+            })
+        };
+        let text = read(manifest_path)?;
+        let manifest = Manifest::from_json(&manifest_path.display().to_string(), &text)?;
+        let dir = manifest_path.parent().unwrap_or(Path::new("."));
+        let kernel_ir = read(&dir.join(&manifest.kernel_ir))?;
+        Ok(Bundle {
+            manifest_path: manifest_path.to_path_buf(),
+            manifest,
+            kernel_ir,
+        })
+    }
+}
+
+/// A 16-bit float tensor as raw bit patterns, with its dtype name (`bf16` or `f16`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Half16 {
+    pub dtype: String,
+    pub bits: Vec<u16>,
+}
+
+/// One linear layer's inputs in checkpoint layout (docs/MANIFEST.md, shared/reference fp4-formats).
+#[derive(Debug, Clone)]
+pub struct LayerInputs {
+    pub m: u32,
+    /// Activations `[M, K]`, row-major.
+    pub x: Half16,
+    /// Packed elements `[N, K/2]`, low nibble = even K.
+    pub weight: Vec<u8>,
+    /// Block scales `[N, K/group]` in the format's scale type.
+    pub scales: ScaleData,
+    pub tensor_scale: Option<f32>,
+    /// Bias `[N]`.
+    pub bias: Option<Half16>,
+}
+
+pub struct RunOutput {
+    /// `y [M, N]` bit patterns in the manifest's output dtype.
+    pub y: Vec<u16>,
+    pub stats: LaunchStats,
+}
+
+fn input_err(name: &str, message: String) -> RunError {
+    RunError::Input {
+        name: name.to_string(),
+        message,
+    }
+}
+
+/// Checks every input against the manifest before any work.
+pub fn validate(m: &Manifest, inp: &LayerInputs) -> Result<(), RunError> {
+    let s = &m.shapes;
+    let (n, k) = (s.n as usize, s.k as usize);
+    if inp.m < s.m_min || inp.m > s.m_max {
+        return Err(input_err(
+            "x",
+            format!(
+                "M = {} is outside the kernel's range {}..={}",
+                inp.m, s.m_min, s.m_max
+            ),
+        ));
+    }
+    if inp.x.dtype != s.x_dtype {
+        return Err(input_err(
+            "x",
+            format!("dtype {} but the kernel takes {}", inp.x.dtype, s.x_dtype),
+        ));
+    }
+    if inp.x.bits.len() != inp.m as usize * k {
+        return Err(input_err(
+            "x",
+            format!(
+                "{} elements, expected [M={}, K={k}]",
+                inp.x.bits.len(),
+                inp.m
+            ),
+        ));
+    }
+    if inp.weight.len() != n * k / 2 {
+        return Err(input_err(
+            "weight",
+            format!(
+                "{} bytes, expected [N={n}, K/2={}] u8",
+                inp.weight.len(),
+                k / 2
+            ),
+        ));
+    }
+    let groups = n * (k / m.format.group as usize);
+    if inp.scales.len() != groups {
+        return Err(input_err(
+            "weight_scale",
+            format!(
+                "{} scales, expected [N={n}, K/{}={}]",
+                inp.scales.len(),
+                m.format.group,
+                k / m.format.group as usize
+            ),
+        ));
+    }
+    match (m.format.tensor_scale, inp.tensor_scale) {
+        (true, None) => {
+            return Err(input_err(
+                "weight_scale_2",
+                "the format needs a per-tensor f32 scale".into(),
+            ))
+        }
+        (false, Some(_)) => {
+            return Err(input_err(
+                "weight_scale_2",
+                format!("format {} has no per-tensor scale", m.format.name),
+            ))
+        }
+        (true, Some(t)) if !(t.is_finite() && t > 0.0) => {
+            return Err(input_err(
+                "weight_scale_2",
+                format!("{t} is not a positive finite scale"),
+            ))
+        }
+        _ => {}
+    }
+    match (&s.bias_dtype, &inp.bias) {
+        (None, Some(_)) => return Err(input_err("bias", "the kernel takes no bias".into())),
+        (Some(_), None) => return Err(input_err("bias", "the kernel needs a bias".into())),
+        (Some(dt), Some(b)) => {
+            if &b.dtype != dt {
+                return Err(input_err(
+                    "bias",
+                    format!("dtype {} but the kernel takes {dt}", b.dtype),
+                ));
+            }
+            if b.bits.len() != n {
+                return Err(input_err(
+                    "bias",
+                    format!("{} elements, expected [N={n}]", b.bits.len()),
+                ));
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+fn le16(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Runs the bundle's kernel on the interpreter.
+pub fn run_interpreted(
+    bundle: &Bundle,
+    inp: &LayerInputs,
+    options: &LaunchOptions,
+) -> Result<RunOutput, RunError> {
+    let m = &bundle.manifest;
+    validate(m, inp)?;
+    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
+    let words = repack::repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let scales = repack::repack_scales(&m.scale_layout, &m.format, &inp.scales, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let module =
+        Module::parse(ir::context(), &bundle.kernel_ir).ok_or_else(|| RunError::KernelIr {
+            path: bundle.manifest.kernel_ir.clone(),
+        })?;
+    let mut args = vec![];
+    for a in &m.args {
+        args.push(match a.role {
+            ArgRole::X => KernelArg::Buffer(le16(&inp.x.bits)),
+            ArgRole::Weight => {
+                KernelArg::Buffer(words.iter().flat_map(|w| w.to_le_bytes()).collect())
+            }
+            ArgRole::Scales => {
+                KernelArg::Buffer(scales.iter().flat_map(|s| s.to_le_bytes()).collect())
+            }
+            ArgRole::Bias => KernelArg::Buffer(le16(
+                &inp.bias
+                    .as_ref()
+                    .map(|b| b.bits.clone())
+                    .unwrap_or_default(),
+            )),
+            ArgRole::Y => KernelArg::Buffer(vec![0; inp.m as usize * n * 2]),
+            ArgRole::M => KernelArg::I32(inp.m as i32),
+            ArgRole::TensorScale => KernelArg::F32(inp.tensor_scale.unwrap_or(1.0)),
+        });
+    }
+    let grid = m.launch.grid_for(inp.m);
+    let stats = interp::launch_with(&module, &m.symbol, grid, m.launch.block, &mut args, options)?;
+    let y_index = m
+        .args
+        .iter()
+        .position(|a| a.role == ArgRole::Y)
+        .ok_or_else(|| {
+            RunError::Manifest(ManifestError::Invalid {
+                path: bundle.manifest_path.display().to_string(),
+                what: "no y argument".into(),
+            })
+        })?;
+    let y = match &args[y_index] {
+        KernelArg::Buffer(b) => b
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect(),
+        _ => vec![],
+    };
+    Ok(RunOutput { y, stats })
+}
