@@ -4,4 +4,5 @@ mod dequant;
 mod dsl;
 mod inspect;
 mod interp;
+mod pipeline;
 mod plan;
