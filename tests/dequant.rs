@@ -192,8 +192,8 @@ fn scale_sweep(p: &Plan) -> Vec<(f64, f32)> {
                 for m in [1.0, 1.1875, 1.5, 1.9990234375] {
                     let v = m * 2f64.powi(e);
                     let v = match p.format.scale {
-                        ScaleType::Bf16 => f64::from(half::bf16::from_f64(v).to_f64()),
-                        ScaleType::F16 => f64::from(half::f16::from_f64(v).to_f64()),
+                        ScaleType::Bf16 => half::bf16::from_f64(v).to_f64(),
+                        ScaleType::F16 => half::f16::from_f64(v).to_f64(),
                         _ => f64::from(v as f32),
                     };
                     out.push((v, (v * off) as f32));
