@@ -1,0 +1,351 @@
+//! Numerical acceptance (docs/NUMERICS.md): compiled kernels executed lane by lane in the interpreter, compared
+//! element by element with the independent f64 reference against the derived error bound, over formats x MFMA
+//! atoms x archs x M tails x shapes x bias x activation types, on random and adversarial data; and negative controls
+//! that must make the comparison fail.
+
+use std::collections::BTreeSet;
+
+use half::{bf16, f16};
+use nibble_compiler::arch::Arch;
+use nibble_compiler::driver::compile_kernel;
+use nibble_compiler::interp::LaunchOptions;
+use nibble_compiler::run::{run_interpreted, Bundle, Half16, LayerInputs};
+use nibble_compiler::spec::*;
+use nibble_runtime::numerics::compare::{compare, Comparison};
+use nibble_runtime::numerics::{quantize, reference, DType as NDType, ScaleData};
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Roughly normal (sum of uniforms).
+    fn normal(&mut self) -> f64 {
+        (0..4).map(|_| self.unit()).sum::<f64>() - 2.0
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fmt {
+    Mxfp4,
+    Nvfp4,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Data {
+    /// Weights from a quantizer run on random floats, as real checkpoints are made.
+    Quantized,
+    /// Uniform over all 16 codes (so -0 and the subnormal appear) and extreme scales.
+    Adversarial,
+}
+
+fn format(f: Fmt) -> FormatSpec {
+    let e2m1 = MiniFloat {
+        name: "e2m1".into(),
+        exp_bits: 2,
+        man_bits: 1,
+        bias: 1,
+    };
+    match f {
+        Fmt::Mxfp4 => FormatSpec {
+            name: "mxfp4".into(),
+            element: e2m1,
+            scale: ScaleType::E8m0,
+            group: 32,
+            tensor_scale: false,
+        },
+        Fmt::Nvfp4 => FormatSpec {
+            name: "nvfp4".into(),
+            element: e2m1,
+            scale: ScaleType::E4m3,
+            group: 16,
+            tensor_scale: true,
+        },
+    }
+}
+
+fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> KernelSpec {
+    let tile_m = atom.m();
+    KernelSpec {
+        name: "t".into(),
+        targets: vec![Arch::Gfx942, Arch::Gfx90a],
+        x,
+        y: x,
+        n,
+        k,
+        format: format(f),
+        bias: bias.then_some(x),
+        schedule: Schedule::Manual(Tiling {
+            tile_m,
+            tile_n: 64,
+            tile_k: 128,
+            waves_m: 1,
+            waves_n: 2,
+            mma: atom,
+            stages: 2,
+        }),
+        source_hash: "test".into(),
+    }
+}
+
+fn to_half(v: f64, t: DType) -> u16 {
+    match t {
+        DType::Bf16 => bf16::from_f64(v).to_bits(),
+        DType::F16 => f16::from_f64(v).to_bits(),
+    }
+}
+
+fn from_half(b: u16, t: DType) -> f32 {
+    match t {
+        DType::Bf16 => bf16::from_bits(b).to_f32(),
+        DType::F16 => f16::from_bits(b).to_f32(),
+    }
+}
+
+fn ndtype(t: DType) -> NDType {
+    match t {
+        DType::Bf16 => NDType::Bf16,
+        DType::F16 => NDType::F16,
+    }
+}
+
+/// Checkpoint-layout inputs for one case.
+fn inputs(spec: &KernelSpec, m: u32, data: Data, rng: &mut Rng) -> LayerInputs {
+    let (n, k) = (spec.n as usize, spec.k as usize);
+    let f = if spec.format.tensor_scale { Fmt::Nvfp4 } else { Fmt::Mxfp4 };
+    let (weight, scales, tensor_scale) = match data {
+        Data::Quantized => {
+            let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32 * 0.05).collect();
+            match f {
+                Fmt::Mxfp4 => {
+                    let q = quantize::quantize_mxfp4(&w, n, k).expect("quantizes");
+                    (q.weight, ScaleData::Bytes(q.scale), None)
+                }
+                Fmt::Nvfp4 => {
+                    let q = quantize::quantize_nvfp4(&w, n, k).expect("quantizes");
+                    (q.weight, ScaleData::Bytes(q.scale), Some(q.tensor_scale))
+                }
+            }
+        }
+        Data::Adversarial => {
+            let weight: Vec<u8> = (0..n * k / 2).map(|_| rng.next() as u8).collect();
+            let groups = n * k / spec.format.group as usize;
+            let scales: Vec<u8> = (0..groups)
+                .map(|i| match f {
+                    // Extremes of the accepted range at fixed places, moderate random codes elsewhere.
+                    Fmt::Mxfp4 => match i % 17 {
+                        0 => 0,
+                        1 => 239,
+                        _ => 127 - 24 + (rng.next() % 48) as u8,
+                    },
+                    // Every finite positive E4M3 code is possible, including subnormals and zero.
+                    Fmt::Nvfp4 => (rng.next() % 0x7F) as u8,
+                })
+                .collect();
+            let ts = (f == Fmt::Nvfp4).then_some(0.75f32);
+            (weight, ScaleData::Bytes(scales), ts)
+        }
+    };
+    let x = Half16 {
+        dtype: spec.x.name().into(),
+        bits: (0..m as usize * k).map(|_| to_half(rng.normal(), spec.x)).collect(),
+    };
+    let bias = spec.bias.map(|b| Half16 {
+        dtype: b.name().into(),
+        bits: (0..n).map(|_| to_half(rng.normal() * 4.0, b)).collect(),
+    });
+    LayerInputs {
+        m,
+        x,
+        weight,
+        scales,
+        tensor_scale,
+        bias,
+    }
+}
+
+fn bundle(spec: &KernelSpec, arch: Arch) -> Bundle {
+    let out = compile_kernel(spec, arch, &BTreeSet::new()).expect("compiles");
+    Bundle {
+        manifest_path: "in-memory.json".into(),
+        manifest: out.manifest,
+        kernel_ir: out.kernel_ir,
+    }
+}
+
+/// Runs one case and compares with the reference; `perturb` may alter the inputs the kernel sees (not the ones the
+/// reference sees) for negative controls.
+fn check(
+    b: &Bundle,
+    spec: &KernelSpec,
+    inp: &LayerInputs,
+    options: &LaunchOptions,
+    perturb: impl FnOnce(&mut LayerInputs),
+) -> Comparison {
+    let (n, k, m) = (spec.n as usize, spec.k as usize, inp.m as usize);
+    let fmt = &b.manifest.format;
+    let w = reference::dequant_weight(fmt, &inp.weight, &inp.scales, inp.tensor_scale, n, k, ndtype(spec.x))
+        .expect("reference dequantizes");
+    let x: Vec<f32> = inp.x.bits.iter().map(|v| from_half(*v, spec.x)).collect();
+    let bias: Option<Vec<f32>> = inp
+        .bias
+        .as_ref()
+        .map(|bb| bb.bits.iter().map(|v| from_half(*v, spec.x)).collect());
+    let mut kin = inp.clone();
+    perturb(&mut kin);
+    let out = run_interpreted(b, &kin, options).expect("runs in the interpreter");
+    compare(&out.y, ndtype(spec.y), &x, &w, m, n, k, inp.tensor_scale, bias.as_deref())
+}
+
+#[test]
+fn the_matrix_passes_within_the_derived_bound() {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut cases = 0;
+    let mut worst = 0f64;
+    for f in [Fmt::Mxfp4, Fmt::Nvfp4] {
+        for atom in [MmaAtom::M16N16K16, MmaAtom::M32N32K8] {
+            for arch in [Arch::Gfx942, Arch::Gfx90a] {
+                // K = 384 spans three K iterations of 128 with a two-stage ring; N = 128 two workgroups.
+                for (i, (n, k)) in [(128u32, 384u32), (64, 256)].into_iter().enumerate() {
+                    let x = if (cases / 3) % 2 == 0 { DType::Bf16 } else { DType::F16 };
+                    let bias = i == 0;
+                    let spec = kernel(f, atom, n, k, x, bias);
+                    let b = bundle(&spec, arch);
+                    let ms: &[u32] = if i == 0 { &[1, 7, 16, 33, 128] } else { &[33] };
+                    for &m in ms {
+                        for data in [Data::Quantized, Data::Adversarial] {
+                            let inp = inputs(&spec, m, data, &mut rng);
+                            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
+                            let what = format!(
+                                "{f:?} {} {} N={n} K={k} M={m} x={} bias={bias} {data:?}",
+                                atom.name(),
+                                arch.name(),
+                                spec.x.name()
+                            );
+                            assert_eq!(c.violations, 0, "{what}: {c:?}");
+                            worst = worst.max(c.max_ratio);
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(cases >= 90, "{cases} cases");
+    // The bound is not vacuous: real rounding error shows up as a visible fraction of it.
+    assert!(worst > 1e-3, "largest error/bound ratio {worst} suspiciously small");
+}
+
+#[test]
+fn every_example_passes_at_reduced_size() {
+    let mut rng = Rng(0x0DD5_EED5);
+    let mut files: Vec<_> = std::fs::read_dir("dsl-examples")
+        .expect("examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "nib"))
+        .collect();
+    files.sort();
+    let mut seen = 0;
+    for file in files {
+        let src = std::fs::read_to_string(&file).expect("readable");
+        let checked = nibble_compiler::dsl::check_source(&file.display().to_string(), &src).expect("checks");
+        for mut spec in checked.kernels {
+            // Same tiling, smaller problem: two workgroups along N, three K iterations (or the tile's minimum).
+            let tiling = nibble_compiler::plan::plan(&spec, spec.targets[0]).expect("plans").tiling;
+            spec.n = tiling.tile_n * 2;
+            spec.k = tiling.tile_k * 3;
+            spec.schedule = Schedule::Manual(tiling);
+            for &arch in &spec.targets.clone() {
+                let b = bundle(&spec, arch);
+                let m = tiling.tile_m + 3;
+                let inp = if spec.format.scale == ScaleType::E8m0 && spec.format.group == 32
+                    || spec.format.scale == ScaleType::E4m3 && spec.format.group == 16
+                {
+                    inputs(&spec, m, Data::Quantized, &mut rng)
+                } else {
+                    // User formats: random codes and moderate scales of the format's own scale type.
+                    custom_inputs(&spec, m, &mut rng)
+                };
+                let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
+                assert_eq!(c.violations, 0, "{} {}: {c:?}", spec.name, arch.name());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 20, "{seen} example kernels checked");
+}
+
+fn custom_inputs(spec: &KernelSpec, m: u32, rng: &mut Rng) -> LayerInputs {
+    let (n, k) = (spec.n as usize, spec.k as usize);
+    let groups = n * k / spec.format.group as usize;
+    let scale_value = |rng: &mut Rng| 2f64.powi((rng.next() % 16) as i32 - 8) * (1.0 + rng.unit());
+    let scales = match spec.format.scale {
+        ScaleType::E8m0 => ScaleData::Bytes((0..groups).map(|_| 120 + (rng.next() % 16) as u8).collect()),
+        ScaleType::E4m3 => ScaleData::Bytes((0..groups).map(|_| (rng.next() % 0x7F) as u8).collect()),
+        ScaleType::F16 => ScaleData::F16((0..groups).map(|_| f16::from_f64(scale_value(rng)).to_bits()).collect()),
+        ScaleType::Bf16 => ScaleData::Bf16((0..groups).map(|_| bf16::from_f64(scale_value(rng)).to_bits()).collect()),
+        ScaleType::F32 => ScaleData::F32((0..groups).map(|_| scale_value(rng) as f32).collect()),
+    };
+    LayerInputs {
+        m,
+        x: Half16 {
+            dtype: spec.x.name().into(),
+            bits: (0..m as usize * k).map(|_| to_half(rng.normal(), spec.x)).collect(),
+        },
+        weight: (0..n * k / 2).map(|_| rng.next() as u8).collect(),
+        scales,
+        tensor_scale: spec.format.tensor_scale.then_some(1.25),
+        bias: spec.bias.map(|b| Half16 {
+            dtype: b.name().into(),
+            bits: (0..n).map(|_| to_half(rng.normal(), b)).collect(),
+        }),
+    }
+}
+
+/// Negative controls: each deliberate fault must make the comparison fail.
+#[test]
+fn broken_layouts_nibble_orders_and_scales_are_detected() {
+    let mut rng = Rng(0xBAD_C0DE);
+    for arch in [Arch::Gfx942, Arch::Gfx90a] {
+        for atom in [MmaAtom::M16N16K16, MmaAtom::M32N32K8] {
+            let spec = kernel(Fmt::Mxfp4, atom, 128, 256, DType::Bf16, true);
+            let b = bundle(&spec, arch);
+            let inp = inputs(&spec, 33, Data::Quantized, &mut rng);
+            let what = format!("{} {}", arch.name(), atom.name());
+
+            // Sanity: the unperturbed run passes.
+            assert_eq!(check(&b, &spec, &inp, &LaunchOptions::default(), |_| {}).violations, 0, "{what}");
+
+            // The MFMA B operand gathered with the wrong lane layout.
+            let faulty = LaunchOptions {
+                fault_mfma_b_layout: true,
+                ..LaunchOptions::default()
+            };
+            let c = check(&b, &spec, &inp, &faulty, |_| {});
+            assert!(c.violations > 0, "{what}: MFMA layout fault undetected: {c:?}");
+
+            // The two nibbles of every byte swapped (high nibble read as the even K element).
+            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |k| {
+                for byte in &mut k.weight {
+                    *byte = byte.rotate_left(4);
+                }
+            });
+            assert!(c.violations > 0, "{what}: nibble order fault undetected: {c:?}");
+
+            // One scale exponent off by one.
+            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |k| {
+                if let ScaleData::Bytes(s) = &mut k.scales {
+                    s[5] += 1;
+                }
+            });
+            assert!(c.violations > 0, "{what}: scale exponent fault undetected: {c:?}");
+        }
+    }
+}
