@@ -1,8 +1,10 @@
 //! The single integration-test binary: one module per area, so MLIR is linked once.
 
+mod cli_run;
 mod dequant;
 mod dsl;
 mod inspect;
 mod interp;
+mod numerics;
 mod pipeline;
 mod plan;

@@ -5,6 +5,7 @@
 //! Everything here is plain Rust (no MLIR, no GPU). Values of 4-bit elements and 8-bit scales are exact in f32 and
 //! f64; all conversions that round are round-to-nearest-even and say so.
 
+pub mod compare;
 pub mod fp8;
 pub mod quantize;
 pub mod reference;
