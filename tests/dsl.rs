@@ -658,3 +658,20 @@ proptest! {
         check_does_not_panic(&words.join(" "));
     }
 }
+
+/// Regression (found by the mutation property test): hints computed from huge numbers must not overflow.
+#[test]
+fn huge_numbers_give_diagnostics_not_overflows() {
+    for (k, tile_k, waves) in [
+        ("4294967295", "128", "1"),
+        ("8192", "4294967295", "1"),
+        ("8192", "4294967295", "4294967295"),
+    ] {
+        let src = format!(
+            "kernel k {{ target gfx942; x bf16[M, {k}]; w mxfp4[128, {k}]; y bf16[M, 128]\n\
+             tile m=16 n=64 k={tile_k}; waves m={waves} n=1; mma 16x16x16; stages 2 }}"
+        );
+        let d = dsl::check_source("huge.nib", &src).expect_err("invalid");
+        assert!(!d.is_empty());
+    }
+}

@@ -119,7 +119,11 @@ fn ndtype(t: DType) -> NDType {
 /// Checkpoint-layout inputs for one case.
 fn inputs(spec: &KernelSpec, m: u32, data: Data, rng: &mut Rng) -> LayerInputs {
     let (n, k) = (spec.n as usize, spec.k as usize);
-    let f = if spec.format.tensor_scale { Fmt::Nvfp4 } else { Fmt::Mxfp4 };
+    let f = if spec.format.tensor_scale {
+        Fmt::Nvfp4
+    } else {
+        Fmt::Mxfp4
+    };
     let (weight, scales, tensor_scale) = match data {
         Data::Quantized => {
             let w: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32 * 0.05).collect();
@@ -160,7 +164,9 @@ fn inputs(spec: &KernelSpec, m: u32, data: Data, rng: &mut Rng) -> LayerInputs {
     };
     let x = Half16 {
         dtype: spec.x.name().into(),
-        bits: (0..m as usize * k).map(|_| to_half(rng.normal(), spec.x)).collect(),
+        bits: (0..m as usize * k)
+            .map(|_| to_half(rng.normal(), spec.x))
+            .collect(),
     };
     let bias = spec.bias.map(|b| Half16 {
         dtype: b.name().into(),
@@ -196,8 +202,16 @@ fn check(
 ) -> Comparison {
     let (n, k, m) = (spec.n as usize, spec.k as usize, inp.m as usize);
     let fmt = &b.manifest.format;
-    let w = reference::dequant_weight(fmt, &inp.weight, &inp.scales, inp.tensor_scale, n, k, ndtype(spec.x))
-        .expect("reference dequantizes");
+    let w = reference::dequant_weight(
+        fmt,
+        &inp.weight,
+        &inp.scales,
+        inp.tensor_scale,
+        n,
+        k,
+        ndtype(spec.x),
+    )
+    .expect("reference dequantizes");
     let x: Vec<f32> = inp.x.bits.iter().map(|v| from_half(*v, spec.x)).collect();
     let bias: Option<Vec<f32>> = inp
         .bias
@@ -206,7 +220,18 @@ fn check(
     let mut kin = inp.clone();
     perturb(&mut kin);
     let out = run_interpreted(b, &kin, options).expect("runs in the interpreter");
-    compare(&out.y, ndtype(spec.y), &x, &w, m, n, k, inp.tensor_scale, bias.as_deref()).expect("comparable")
+    compare(
+        &out.y,
+        ndtype(spec.y),
+        &x,
+        &w,
+        m,
+        n,
+        k,
+        inp.tensor_scale,
+        bias.as_deref(),
+    )
+    .expect("comparable")
 }
 
 #[test]
@@ -219,7 +244,11 @@ fn the_matrix_passes_within_the_derived_bound() {
             for arch in [Arch::Gfx942, Arch::Gfx90a] {
                 // K = 384 spans three K iterations of 128 with a two-stage ring; N = 128 two workgroups.
                 for (i, (n, k)) in [(128u32, 384u32), (64, 256)].into_iter().enumerate() {
-                    let x = if (cases / 3) % 2 == 0 { DType::Bf16 } else { DType::F16 };
+                    let x = if (cases / 3) % 2 == 0 {
+                        DType::Bf16
+                    } else {
+                        DType::F16
+                    };
                     let bias = i == 0;
                     let spec = kernel(f, atom, n, k, x, bias);
                     let b = bundle(&spec, arch);
@@ -245,7 +274,10 @@ fn the_matrix_passes_within_the_derived_bound() {
     }
     assert!(cases >= 90, "{cases} cases");
     // The bound is not vacuous: real rounding error shows up as a visible fraction of it.
-    assert!(worst > 1e-3, "largest error/bound ratio {worst} suspiciously small");
+    assert!(
+        worst > 1e-3,
+        "largest error/bound ratio {worst} suspiciously small"
+    );
 }
 
 #[test]
@@ -260,10 +292,13 @@ fn every_example_passes_at_reduced_size() {
     let mut seen = 0;
     for file in files {
         let src = std::fs::read_to_string(&file).expect("readable");
-        let checked = nibble_compiler::dsl::check_source(&file.display().to_string(), &src).expect("checks");
+        let checked =
+            nibble_compiler::dsl::check_source(&file.display().to_string(), &src).expect("checks");
         for mut spec in checked.kernels {
             // Same tiling, smaller problem: two workgroups along N, three K iterations (or the tile's minimum).
-            let tiling = nibble_compiler::plan::plan(&spec, spec.targets[0]).expect("plans").tiling;
+            let tiling = nibble_compiler::plan::plan(&spec, spec.targets[0])
+                .expect("plans")
+                .tiling;
             spec.n = tiling.tile_n * 2;
             spec.k = tiling.tile_k * 3;
             spec.schedule = Schedule::Manual(tiling);
@@ -292,17 +327,31 @@ fn custom_inputs(spec: &KernelSpec, m: u32, rng: &mut Rng) -> LayerInputs {
     let groups = n * k / spec.format.group as usize;
     let scale_value = |rng: &mut Rng| 2f64.powi((rng.next() % 16) as i32 - 8) * (1.0 + rng.unit());
     let scales = match spec.format.scale {
-        ScaleType::E8m0 => ScaleData::Bytes((0..groups).map(|_| 120 + (rng.next() % 16) as u8).collect()),
-        ScaleType::E4m3 => ScaleData::Bytes((0..groups).map(|_| (rng.next() % 0x7F) as u8).collect()),
-        ScaleType::F16 => ScaleData::F16((0..groups).map(|_| f16::from_f64(scale_value(rng)).to_bits()).collect()),
-        ScaleType::Bf16 => ScaleData::Bf16((0..groups).map(|_| bf16::from_f64(scale_value(rng)).to_bits()).collect()),
+        ScaleType::E8m0 => {
+            ScaleData::Bytes((0..groups).map(|_| 120 + (rng.next() % 16) as u8).collect())
+        }
+        ScaleType::E4m3 => {
+            ScaleData::Bytes((0..groups).map(|_| (rng.next() % 0x7F) as u8).collect())
+        }
+        ScaleType::F16 => ScaleData::F16(
+            (0..groups)
+                .map(|_| f16::from_f64(scale_value(rng)).to_bits())
+                .collect(),
+        ),
+        ScaleType::Bf16 => ScaleData::Bf16(
+            (0..groups)
+                .map(|_| bf16::from_f64(scale_value(rng)).to_bits())
+                .collect(),
+        ),
         ScaleType::F32 => ScaleData::F32((0..groups).map(|_| scale_value(rng) as f32).collect()),
     };
     LayerInputs {
         m,
         x: Half16 {
             dtype: spec.x.name().into(),
-            bits: (0..m as usize * k).map(|_| to_half(rng.normal(), spec.x)).collect(),
+            bits: (0..m as usize * k)
+                .map(|_| to_half(rng.normal(), spec.x))
+                .collect(),
         },
         weight: (0..n * k / 2).map(|_| rng.next() as u8).collect(),
         scales,
@@ -326,7 +375,11 @@ fn broken_layouts_nibble_orders_and_scales_are_detected() {
             let what = format!("{} {}", arch.name(), atom.name());
 
             // Sanity: the unperturbed run passes.
-            assert_eq!(check(&b, &spec, &inp, &LaunchOptions::default(), |_| {}).violations, 0, "{what}");
+            assert_eq!(
+                check(&b, &spec, &inp, &LaunchOptions::default(), |_| {}).violations,
+                0,
+                "{what}"
+            );
 
             // The MFMA B operand gathered with the wrong lane layout.
             let faulty = LaunchOptions {
@@ -334,7 +387,10 @@ fn broken_layouts_nibble_orders_and_scales_are_detected() {
                 ..LaunchOptions::default()
             };
             let c = check(&b, &spec, &inp, &faulty, |_| {});
-            assert!(c.violations > 0, "{what}: MFMA layout fault undetected: {c:?}");
+            assert!(
+                c.violations > 0,
+                "{what}: MFMA layout fault undetected: {c:?}"
+            );
 
             // The two nibbles of every byte swapped (high nibble read as the even K element).
             let c = check(&b, &spec, &inp, &LaunchOptions::default(), |k| {
@@ -342,7 +398,10 @@ fn broken_layouts_nibble_orders_and_scales_are_detected() {
                     *byte = byte.rotate_left(4);
                 }
             });
-            assert!(c.violations > 0, "{what}: nibble order fault undetected: {c:?}");
+            assert!(
+                c.violations > 0,
+                "{what}: nibble order fault undetected: {c:?}"
+            );
 
             // One scale exponent off by one.
             let c = check(&b, &spec, &inp, &LaunchOptions::default(), |k| {
@@ -350,7 +409,10 @@ fn broken_layouts_nibble_orders_and_scales_are_detected() {
                     s[5] += 1;
                 }
             });
-            assert!(c.violations > 0, "{what}: scale exponent fault undetected: {c:?}");
+            assert!(
+                c.violations > 0,
+                "{what}: scale exponent fault undetected: {c:?}"
+            );
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The `nibble` command line: `check`, `compile` and `inspect`. `main.rs` only forwards to [`run`], so tests drive the CLI
+//! The `nibble` command line: `check`, `compile`, `inspect`, `quantize` and `run`. `main.rs` only forwards to [`run`], so tests drive the CLI
 //! in-process with their own output buffers.
 
 use std::ffi::OsString;
@@ -11,6 +11,7 @@ use crate::arch::Arch;
 use crate::driver::{self, Stage};
 use crate::dsl::{self, FrontEndError};
 use crate::spec::CheckedFile;
+use crate::tensors::{self, QuantFormat, TensorFile};
 
 /// Stages `--emit` accepts.
 pub const EMIT_STAGES: &[&str] = &["linalg", "dequant", "gpu", "llvm", "isa"];
@@ -55,6 +56,38 @@ pub enum Command {
         /// Weight elements one lane dequantizes per main-loop iteration (overrides the manifest).
         #[arg(long, value_name = "N")]
         elements_per_iteration: Option<u32>,
+    },
+    /// Quantize a float weight [N, K] of a safetensors file to a checkpoint-layout MXFP4 or NVFP4 safetensors file.
+    Quantize {
+        /// Target format.
+        #[arg(long, value_enum)]
+        format: QuantFormat,
+        /// Input safetensors file with a BF16/F16/F32 weight.
+        input: PathBuf,
+        /// Output safetensors file (`weight`, `weight_scale`, NVFP4's `weight_scale_2`, and `bias` if the input has
+        /// one).
+        output: PathBuf,
+        /// The weight tensor (default: `weight`, else the only 2-D float tensor).
+        #[arg(long, value_name = "NAME")]
+        tensor: Option<String>,
+    },
+    /// Run a compiled kernel on one layer's inputs from a safetensors file and write `y` to another.
+    Run {
+        /// The kernel's manifest (`<kernel>.<arch>.json`, written by `compile`).
+        manifest: PathBuf,
+        /// Where to run: `interpret` (the virtual CDNA interpreter).
+        #[arg(long, default_value = "interpret", value_name = "DEVICE")]
+        device: String,
+        /// safetensors file with `x`, `weight`, `weight_scale` (`weight_scale_2`, `bias` as the kernel needs).
+        #[arg(long, value_name = "FILE")]
+        inputs: PathBuf,
+        /// safetensors file to write `y` [M, N] to.
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+        /// Also compute the independent reference and check every output against the error bound of
+        /// docs/NUMERICS.md (exit code 1 if any output exceeds it; `y` is written either way).
+        #[arg(long)]
+        reference: bool,
     },
 }
 
@@ -125,6 +158,29 @@ pub fn run(
             json,
             elements_per_iteration,
         } => inspect(&file, json, elements_per_iteration, stdout, stderr),
+        Command::Quantize {
+            format,
+            input,
+            output,
+            tensor,
+        } => quantize(&input, &output, format, tensor.as_deref(), stdout, stderr),
+        Command::Run {
+            manifest,
+            device,
+            inputs,
+            output,
+            reference,
+        } => run_kernel(
+            &RunArgs {
+                manifest: &manifest,
+                device: &device,
+                inputs: &inputs,
+                output: &output,
+                reference,
+            },
+            stdout,
+            stderr,
+        ),
     }
 }
 
@@ -294,5 +350,219 @@ fn compile(
             let _ = writeln!(stderr, "error: {e}");
             1
         }
+    }
+}
+
+fn quantize(
+    input: &Path,
+    output: &Path,
+    format: QuantFormat,
+    tensor: Option<&str>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    match tensors::quantize_file(input, output, format, tensor) {
+        Ok(q) => {
+            let group = format.group();
+            let scale_dtype = match format {
+                QuantFormat::Mxfp4 => "U8 (E8M0)",
+                QuantFormat::Nvfp4 => "F8_E4M3",
+            };
+            let _ = write!(
+                stdout,
+                "quantized `{}` {} [{}, {}] to {format}: weight U8 [{}, {}], weight_scale {scale_dtype} [{}, {}]",
+                q.source,
+                q.source_dtype,
+                q.n,
+                q.k,
+                q.n,
+                q.k / 2,
+                q.n,
+                q.k / group
+            );
+            if let Some(t) = q.tensor_scale {
+                let _ = write!(stdout, ", weight_scale_2 F32 [] = {t:e}");
+            }
+            if let Some(b) = &q.bias {
+                let _ = write!(stdout, ", bias (copied from `{b}`)");
+            }
+            let _ = writeln!(stdout, " -> {}", output.display());
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {}", e.in_file(input));
+            1
+        }
+    }
+}
+
+/// Arguments of `nibble run`.
+struct RunArgs<'a> {
+    manifest: &'a Path,
+    device: &'a str,
+    inputs: &'a Path,
+    output: &'a Path,
+    reference: bool,
+}
+
+/// Devices `nibble run` knows; only the interpreter is in this build.
+const DEVICES: &[&str] = &["interpret", "hip"];
+
+fn run_kernel(args: &RunArgs<'_>, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
+    match run_kernel_inner(args, stdout) {
+        Ok(code) => code,
+        Err(message) => {
+            let _ = writeln!(stderr, "error: {message}");
+            1
+        }
+    }
+}
+
+/// Runs `nibble run`; `Err` is the one-line error to print. Everything is checked before the kernel runs, and `y`
+/// is written (atomically) before the reference comparison is reported.
+fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, String> {
+    use nibble_runtime::numerics::compare::{compare, decode};
+    use nibble_runtime::numerics::reference::dequant_weight;
+    use nibble_runtime::numerics::DType;
+
+    match args.device {
+        "interpret" => {}
+        "hip" | "cuda" | "rocm" | "gpu" => {
+            return Err(format!(
+                "device {} is not available in this build: no HIP device found",
+                args.device
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown device `{other}` (devices: {})",
+                DEVICES.join(", ")
+            ))
+        }
+    }
+    if tensors::same_file(args.inputs, args.output) {
+        return Err(format!(
+            "refusing to write {}: it is the inputs file",
+            args.output.display()
+        ));
+    }
+    if tensors::same_file(args.manifest, args.output) {
+        return Err(format!(
+            "refusing to write {}: it is the manifest",
+            args.output.display()
+        ));
+    }
+    let out_dir = match args.output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !out_dir.is_dir() {
+        return Err(format!(
+            "cannot write {}: directory {} does not exist",
+            args.output.display(),
+            out_dir.display()
+        ));
+    }
+    let bundle = crate::run::Bundle::load(args.manifest).map_err(|e| e.to_string())?;
+    let m = &bundle.manifest;
+    let dir = args.manifest.parent().unwrap_or(Path::new("."));
+    for (file, what) in [(&m.kernel_ir, "kernel IR"), (&m.code_object, "code object")] {
+        if tensors::same_file(&dir.join(file), args.output) {
+            return Err(format!(
+                "refusing to write {}: it is the kernel's {what}",
+                args.output.display()
+            ));
+        }
+    }
+    let y_dtype = DType::parse(&m.shapes.y_dtype).ok_or_else(|| {
+        format!(
+            "{}: y dtype {:?} is not bf16 or f16",
+            args.manifest.display(),
+            m.shapes.y_dtype
+        )
+    })?;
+    let x_dtype = DType::parse(&m.shapes.x_dtype).ok_or_else(|| {
+        format!(
+            "{}: x dtype {:?} is not bf16 or f16",
+            args.manifest.display(),
+            m.shapes.x_dtype
+        )
+    })?;
+    let file = TensorFile::open(args.inputs).map_err(|e| e.to_string())?;
+    let inputs = tensors::load_layer_inputs(&file, m).map_err(|e| e.in_file(args.inputs))?;
+    crate::run::validate(m, &inputs).map_err(|e| format!("{}: {e}", args.inputs.display()))?;
+    let (rows, n, k) = (inputs.m as usize, m.shapes.n as usize, m.shapes.k as usize);
+    // The reference's dequantization also checks the scales; do it before the (slower) kernel run.
+    let w_deq = if args.reference {
+        Some(
+            dequant_weight(
+                &m.format,
+                &inputs.weight,
+                &inputs.scales,
+                inputs.tensor_scale,
+                n,
+                k,
+                x_dtype,
+            )
+            .map_err(|e| format!("reference: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let start = std::time::Instant::now();
+    let out = crate::run::run_interpreted(&bundle, &inputs, &Default::default())
+        .map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let y_st = tensors::half_dtype(y_dtype.name()).ok_or("y dtype is not bf16 or f16")?;
+    tensors::write_atomic(
+        args.output,
+        &[(
+            "y".to_string(),
+            tensors::OwnedTensor::u16s(y_st, vec![rows, n], &out.y),
+        )],
+    )
+    .map_err(|e| e.to_string())?;
+    let _ = writeln!(
+        stdout,
+        "ran {} ({}) on the interpreter: M={rows} N={n} K={k}, {} workgroups, {} MFMAs, {seconds:.2} s",
+        m.kernel, m.arch, out.stats.workgroups, out.stats.mfma
+    );
+    let _ = writeln!(
+        stdout,
+        "wrote y {} [{rows}, {n}] to {}",
+        y_dtype.name(),
+        args.output.display()
+    );
+    let Some(w_deq) = w_deq else {
+        return Ok(0);
+    };
+    let x: Vec<f32> = inputs.x.bits.iter().map(|&b| decode(b, x_dtype)).collect();
+    let bias: Option<Vec<f32>> = match (&inputs.bias, &m.shapes.bias_dtype) {
+        (Some(b), Some(dt)) => {
+            let dt = DType::parse(dt).ok_or("bias dtype is not bf16 or f16")?;
+            Some(b.bits.iter().map(|&v| decode(v, dt)).collect())
+        }
+        _ => None,
+    };
+    let c = compare(
+        &out.y,
+        y_dtype,
+        &x,
+        &w_deq,
+        rows,
+        n,
+        k,
+        inputs.tensor_scale,
+        bias.as_deref(),
+    )
+    .map_err(|e| format!("reference: {e}"))?;
+    let _ = writeln!(stdout, "reference: {c}");
+    if c.passes() {
+        Ok(0)
+    } else {
+        Err(format!(
+            "{} of {} outputs exceed the error bound of docs/NUMERICS.md (max error/bound {:.4} at [{}, {}])",
+            c.violations, c.elements, c.max_ratio, c.worst.0, c.worst.1
+        ))
     }
 }

@@ -14,3 +14,4 @@ pub mod manifest;
 pub mod plan;
 pub mod run;
 pub mod spec;
+pub mod tensors;

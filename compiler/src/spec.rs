@@ -23,51 +23,12 @@ pub struct MiniFloat {
 impl MiniFloat {
     /// The value of a 4-bit code (bit 3 = sign), computed from the definition.
     pub fn value(&self, code: u8) -> f64 {
-        let code = code & 0xF;
-        let sign = if code & 0x8 != 0 { -1.0 } else { 1.0 };
-        let mag = code & 0x7;
-        let e = (mag >> self.man_bits) as i32;
-        let m = (mag & ((1 << self.man_bits) - 1)) as f64 / f64::from(1u32 << self.man_bits);
-        let v = if e == 0 {
-            m * 2f64.powi(1 - self.bias)
-        } else {
-            (1.0 + m) * 2f64.powi(e - self.bias)
-        };
-        sign * v
+        nibble_runtime::manifest::minifloat_value(self.man_bits, self.bias, code)
     }
 }
 
-/// Type of the per-group block scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScaleType {
-    /// Power of two 2^(e-127), one byte; 0xFF is NaN.
-    E8m0,
-    /// OCP float8 e4m3fn, one byte.
-    E4m3,
-    F16,
-    Bf16,
-    F32,
-}
-
-impl ScaleType {
-    pub fn bytes(self) -> u32 {
-        match self {
-            ScaleType::E8m0 | ScaleType::E4m3 => 1,
-            ScaleType::F16 | ScaleType::Bf16 => 2,
-            ScaleType::F32 => 4,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            ScaleType::E8m0 => "e8m0",
-            ScaleType::E4m3 => "e4m3",
-            ScaleType::F16 => "f16",
-            ScaleType::Bf16 => "bf16",
-            ScaleType::F32 => "f32",
-        }
-    }
-}
+/// Type of the per-group block scale (shared with the runtime, which decodes and repacks it).
+pub use nibble_runtime::numerics::ScaleType;
 
 /// A quantized weight format: element type, one scale per `group` consecutive K elements, optional f32 tensor scale.
 /// Invariant: `group` is one of 16, 32, 64, 128.

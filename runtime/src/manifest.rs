@@ -71,18 +71,24 @@ pub struct Element {
 impl Element {
     /// The exact value of a 4-bit code (bit 3 is the sign).
     pub fn value(&self, code: u8) -> f64 {
-        let code = code & 0xF;
-        let sign = if code & 0x8 != 0 { -1.0 } else { 1.0 };
-        let mag = code & 0x7;
-        let e = i32::from(mag >> self.man_bits);
-        let m = f64::from(mag & ((1 << self.man_bits) - 1)) / f64::from(1u32 << self.man_bits);
-        let v = if e == 0 {
-            m * 2f64.powi(1 - self.bias)
-        } else {
-            (1.0 + m) * 2f64.powi(e - self.bias)
-        };
-        sign * v
+        minifloat_value(self.man_bits, self.bias, code)
     }
+}
+
+/// The exact value of a 4-bit minifloat code: bit 3 the sign, then `3 - man_bits` exponent bits with `bias` and
+/// `man_bits` mantissa bits; exponent field 0 is subnormal; no Inf/NaN encodings.
+pub fn minifloat_value(man_bits: u8, bias: i32, code: u8) -> f64 {
+    let code = code & 0xF;
+    let sign = if code & 0x8 != 0 { -1.0 } else { 1.0 };
+    let mag = code & 0x7;
+    let e = i32::from(mag >> man_bits);
+    let m = f64::from(mag & ((1 << man_bits) - 1)) / f64::from(1u32 << man_bits);
+    let v = if e == 0 {
+        m * 2f64.powi(1 - bias)
+    } else {
+        (1.0 + m) * 2f64.powi(e - bias)
+    };
+    sign * v
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

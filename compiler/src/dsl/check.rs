@@ -630,7 +630,7 @@ impl Checker<'_> {
                     .help(format!(
                         "every {} consecutive K elements share one scale; pad K to {}",
                         f.group,
-                        kv.div_ceil(f.group) * f.group
+                        u64::from(kv).div_ceil(u64::from(f.group)) * u64::from(f.group)
                     )),
                 );
             }
@@ -1016,7 +1016,10 @@ impl Checker<'_> {
                 .help(format!(
                     "the weight layout loads K in chunks of {}; try k={}",
                     budget::K_CHUNK,
-                    t.tile_k.div_ceil(budget::K_CHUNK).max(1) * budget::K_CHUNK
+                    u64::from(t.tile_k)
+                        .div_ceil(u64::from(budget::K_CHUNK))
+                        .max(1)
+                        * u64::from(budget::K_CHUNK)
                 )),
             );
         } else if let Some((kv, kspan)) = k {
@@ -1318,8 +1321,8 @@ fn suggest_divisor(total: u32, want: u32, step: u32) -> Option<u32> {
 /// Halves tile n (then tile m) while the register estimate is over `limit`, keeping whole atoms per wave.
 fn smaller_tile(t: &Tiling, group: u32, limit: u64) -> Option<(u32, u32)> {
     let mut c = *t;
-    let unit_m = c.waves_m * c.mma.m();
-    let unit_n = c.waves_n * c.mma.n();
+    let unit_m = c.waves_m.saturating_mul(c.mma.m());
+    let unit_n = c.waves_n.saturating_mul(c.mma.n());
     for _ in 0..32 {
         if budget::vgprs(&c, group).total() <= limit {
             return Some((c.tile_m, c.tile_n));

@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 use super::pow2;
 
 /// The checkpoint's block-scale type, as the manifest's `format.scale` spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ScaleType {
     E8m0,
     E4m3,
