@@ -787,3 +787,34 @@ fn quantize_writes_checkpoint_tensors_and_rejects_bad_input() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn random_inputs_run_against_the_reference() {
+    // The README's main job: compile, then run on random data and report the error against the bound.
+    let fx = Fixture::new();
+    let mpath = fx.manifest("mx_nobias");
+    let r = nibble(&[
+        OsString::from("run"),
+        mpath.clone().into(),
+        "--random".into(),
+        "7".into(),
+        "--seed".into(),
+        "3".into(),
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("M=7"), "{}", r.stdout);
+    let ratio = printed_ratio(&r.stdout);
+    assert!(ratio <= 1.0 && ratio > 0.0, "{}", r.stdout);
+    // --random and --inputs are exclusive; one of them is required.
+    let both = nibble(&[
+        OsString::from("run"),
+        mpath.clone().into(),
+        "--random".into(),
+        "7".into(),
+        "--inputs".into(),
+        "x.safetensors".into(),
+    ]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let neither = nibble(&[OsString::from("run"), mpath.into()]);
+    assert_eq!(neither.code, 2, "{}", neither.stderr);
+}

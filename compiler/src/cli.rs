@@ -79,11 +79,23 @@ pub enum Command {
         #[arg(long, default_value = "interpret", value_name = "DEVICE")]
         device: String,
         /// safetensors file with `x`, `weight`, `weight_scale` (`weight_scale_2`, `bias` as the kernel needs).
-        #[arg(long, value_name = "FILE")]
-        inputs: PathBuf,
-        /// safetensors file to write `y` [M, N] to.
-        #[arg(long, value_name = "FILE")]
-        output: PathBuf,
+        #[arg(
+            long,
+            value_name = "FILE",
+            required_unless_present = "random",
+            conflicts_with = "random"
+        )]
+        inputs: Option<PathBuf>,
+        /// Instead of `--inputs`: random inputs with M rows (normal activations, weights quantized as real
+        /// checkpoints are); implies `--reference`.
+        #[arg(long, value_name = "M")]
+        random: Option<u32>,
+        /// Seed of `--random`.
+        #[arg(long, default_value_t = 1, requires = "random")]
+        seed: u64,
+        /// safetensors file to write `y` [M, N] to (required with `--inputs`).
+        #[arg(long, value_name = "FILE", required_unless_present = "random")]
+        output: Option<PathBuf>,
         /// Also compute the independent reference and check every output against the error bound of
         /// docs/NUMERICS.md (exit code 1 if any output exceeds it; `y` is written either way).
         #[arg(long)]
@@ -168,15 +180,22 @@ pub fn run(
             manifest,
             device,
             inputs,
+            random,
+            seed,
             output,
             reference,
         } => run_kernel(
             &RunArgs {
                 manifest: &manifest,
                 device: &device,
-                inputs: &inputs,
-                output: &output,
-                reference,
+                inputs: match (&inputs, random) {
+                    (Some(path), _) => Inputs::File(path),
+                    (None, Some(rows)) => Inputs::Random { rows, seed },
+                    // clap requires one of the two.
+                    (None, None) => Inputs::Random { rows: 1, seed },
+                },
+                output: output.as_deref(),
+                reference: reference || random.is_some(),
             },
             stdout,
             stderr,
@@ -400,9 +419,14 @@ fn quantize(
 struct RunArgs<'a> {
     manifest: &'a Path,
     device: &'a str,
-    inputs: &'a Path,
-    output: &'a Path,
+    inputs: Inputs<'a>,
+    output: Option<&'a Path>,
     reference: bool,
+}
+
+enum Inputs<'a> {
+    File(&'a Path),
+    Random { rows: u32, seed: u64 },
 }
 
 /// Devices `nibble run` knows; only the interpreter is in this build.
@@ -440,38 +464,44 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
             ))
         }
     }
-    if tensors::same_file(args.inputs, args.output) {
-        return Err(format!(
-            "refusing to write {}: it is the inputs file",
-            args.output.display()
-        ));
-    }
-    if tensors::same_file(args.manifest, args.output) {
-        return Err(format!(
-            "refusing to write {}: it is the manifest",
-            args.output.display()
-        ));
-    }
-    let out_dir = match args.output.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !out_dir.is_dir() {
-        return Err(format!(
-            "cannot write {}: directory {} does not exist",
-            args.output.display(),
-            out_dir.display()
-        ));
+    if let Some(output) = args.output {
+        if let Inputs::File(inputs) = args.inputs {
+            if tensors::same_file(inputs, output) {
+                return Err(format!(
+                    "refusing to write {}: it is the inputs file",
+                    output.display()
+                ));
+            }
+        }
+        if tensors::same_file(args.manifest, output) {
+            return Err(format!(
+                "refusing to write {}: it is the manifest",
+                output.display()
+            ));
+        }
+        let out_dir = match output.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !out_dir.is_dir() {
+            return Err(format!(
+                "cannot write {}: directory {} does not exist",
+                output.display(),
+                out_dir.display()
+            ));
+        }
     }
     let bundle = crate::run::Bundle::load(args.manifest).map_err(|e| e.to_string())?;
     let m = &bundle.manifest;
     let dir = args.manifest.parent().unwrap_or(Path::new("."));
-    for (file, what) in [(&m.kernel_ir, "kernel IR"), (&m.code_object, "code object")] {
-        if tensors::same_file(&dir.join(file), args.output) {
-            return Err(format!(
-                "refusing to write {}: it is the kernel's {what}",
-                args.output.display()
-            ));
+    if let Some(output) = args.output {
+        for (file, what) in [(&m.kernel_ir, "kernel IR"), (&m.code_object, "code object")] {
+            if tensors::same_file(&dir.join(file), output) {
+                return Err(format!(
+                    "refusing to write {}: it is the kernel's {what}",
+                    output.display()
+                ));
+            }
         }
     }
     let y_dtype = DType::parse(&m.shapes.y_dtype).ok_or_else(|| {
@@ -488,9 +518,19 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
             m.shapes.x_dtype
         )
     })?;
-    let file = TensorFile::open(args.inputs).map_err(|e| e.to_string())?;
-    let inputs = tensors::load_layer_inputs(&file, m).map_err(|e| e.in_file(args.inputs))?;
-    crate::run::validate(m, &inputs).map_err(|e| format!("{}: {e}", args.inputs.display()))?;
+    let inputs = match args.inputs {
+        Inputs::File(path) => {
+            let file = TensorFile::open(path).map_err(|e| e.to_string())?;
+            let inputs = tensors::load_layer_inputs(&file, m).map_err(|e| e.in_file(path))?;
+            crate::run::validate(m, &inputs).map_err(|e| format!("{}: {e}", path.display()))?;
+            inputs
+        }
+        Inputs::Random { rows, seed } => {
+            let inputs = crate::run::random_inputs(m, rows, seed).map_err(|e| e.to_string())?;
+            crate::run::validate(m, &inputs).map_err(|e| e.to_string())?;
+            inputs
+        }
+    };
     let (rows, n, k) = (inputs.m as usize, m.shapes.n as usize, m.shapes.k as usize);
     // The reference's dequantization also checks the scales; do it before the (slower) kernel run.
     let w_deq = if args.reference {
@@ -513,26 +553,28 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
     let out = crate::run::run_interpreted(&bundle, &inputs, &Default::default())
         .map_err(|e| e.to_string())?;
     let seconds = start.elapsed().as_secs_f64();
-    let y_st = tensors::half_dtype(y_dtype.name()).ok_or("y dtype is not bf16 or f16")?;
-    tensors::write_atomic(
-        args.output,
-        &[(
-            "y".to_string(),
-            tensors::OwnedTensor::u16s(y_st, vec![rows, n], &out.y),
-        )],
-    )
-    .map_err(|e| e.to_string())?;
     let _ = writeln!(
         stdout,
         "ran {} ({}) on the interpreter: M={rows} N={n} K={k}, {} workgroups, {} MFMAs, {seconds:.2} s",
         m.kernel, m.arch, out.stats.workgroups, out.stats.mfma
     );
-    let _ = writeln!(
-        stdout,
-        "wrote y {} [{rows}, {n}] to {}",
-        y_dtype.name(),
-        args.output.display()
-    );
+    if let Some(output) = args.output {
+        let y_st = tensors::half_dtype(y_dtype.name()).ok_or("y dtype is not bf16 or f16")?;
+        tensors::write_atomic(
+            output,
+            &[(
+                "y".to_string(),
+                tensors::OwnedTensor::u16s(y_st, vec![rows, n], &out.y),
+            )],
+        )
+        .map_err(|e| e.to_string())?;
+        let _ = writeln!(
+            stdout,
+            "wrote y {} [{rows}, {n}] to {}",
+            y_dtype.name(),
+            output.display()
+        );
+    }
     let Some(w_deq) = w_deq else {
         return Ok(0);
     };

@@ -251,3 +251,109 @@ pub fn run_interpreted(
     };
     Ok(RunOutput { y, stats })
 }
+
+/// A small deterministic generator (xorshift64*) for reproducible random inputs.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // A zero state would stay zero.
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Roughly normal with unit variance (sum of 12 uniforms).
+    pub fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+}
+
+fn half_bits(v: f64, dtype: &str) -> u16 {
+    if dtype == "f16" {
+        half::f16::from_f64(v).to_bits()
+    } else {
+        half::bf16::from_f64(v).to_bits()
+    }
+}
+
+/// Random inputs for a bundle, made the way real checkpoints are: normal activations, and normal weights quantized
+/// by the format's quantizer (MXFP4, NVFP4); other formats get uniformly random element codes and block scales of
+/// moderate magnitude in their own scale type.
+pub fn random_inputs(m: &Manifest, rows: u32, seed: u64) -> Result<LayerInputs, RunError> {
+    use nibble_runtime::numerics::{quantize, ScaleType};
+    let mut rng = Rng::new(seed);
+    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
+    let f = &m.format;
+    let e2m1 = f.element.exp_bits == 2 && f.element.man_bits == 1 && f.element.bias == 1;
+    let scale = ScaleType::parse(&f.scale)
+        .ok_or_else(|| input_err("weight_scale", format!("scale type {}", f.scale)))?;
+    let quant_err =
+        |e: nibble_runtime::numerics::quantize::QuantError| input_err("weight", e.to_string());
+    let (weight, scales, tensor_scale) = match (e2m1, scale, f.group, f.tensor_scale) {
+        (true, ScaleType::E8m0, 32, false) => {
+            let w: Vec<f32> = (0..n * k).map(|_| (rng.normal() * 0.02) as f32).collect();
+            let q = quantize::quantize_mxfp4(&w, n, k).map_err(quant_err)?;
+            (q.weight, ScaleData::Bytes(q.scale), None)
+        }
+        (true, ScaleType::E4m3, 16, true) => {
+            let w: Vec<f32> = (0..n * k).map(|_| (rng.normal() * 0.02) as f32).collect();
+            let q = quantize::quantize_nvfp4(&w, n, k).map_err(quant_err)?;
+            (q.weight, ScaleData::Bytes(q.scale), Some(q.tensor_scale))
+        }
+        _ => {
+            let groups = n * (k / f.group as usize);
+            let mut value = || 2f64.powi((rng.next_u64() % 8) as i32 - 6) * (1.0 + rng.unit());
+            let scales = match scale {
+                ScaleType::E8m0 => ScaleData::Bytes(
+                    (0..groups)
+                        .map(|_| (121 + value().log2() as i32) as u8)
+                        .collect(),
+                ),
+                ScaleType::E4m3 => ScaleData::Bytes(
+                    (0..groups)
+                        .map(|_| nibble_runtime::numerics::fp8::e4m3fn_encode(value() as f32))
+                        .collect(),
+                ),
+                ScaleType::F16 => ScaleData::F16(
+                    (0..groups)
+                        .map(|_| half::f16::from_f64(value()).to_bits())
+                        .collect(),
+                ),
+                ScaleType::Bf16 => ScaleData::Bf16(
+                    (0..groups)
+                        .map(|_| half::bf16::from_f64(value()).to_bits())
+                        .collect(),
+                ),
+                ScaleType::F32 => ScaleData::F32((0..groups).map(|_| value() as f32).collect()),
+            };
+            let weight = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
+            (weight, scales, f.tensor_scale.then_some(0.5))
+        }
+    };
+    let x = Half16 {
+        dtype: m.shapes.x_dtype.clone(),
+        bits: (0..rows as usize * k)
+            .map(|_| half_bits(rng.normal(), &m.shapes.x_dtype))
+            .collect(),
+    };
+    let bias = m.shapes.bias_dtype.as_ref().map(|dt| Half16 {
+        dtype: dt.clone(),
+        bits: (0..n).map(|_| half_bits(rng.normal(), dt)).collect(),
+    });
+    Ok(LayerInputs {
+        m: rows,
+        x,
+        weight,
+        scales,
+        tensor_scale,
+        bias,
+    })
+}

@@ -162,9 +162,9 @@ pub fn compare(
             let yv = f64::from(decode(y[row * n + col], y_dtype));
             let rounded = f64::from(round_to(ys, y_dtype));
             // The error is measured against y* itself, not round_Y(y*): near a rounding tie of the output type, the
-            // f32 accumulation may legitimately land on the other neighbour. Equal values (the same infinity
-            // included) have no error; a NaN or a lone infinity is infinitely wrong.
-            let err = if yv == rounded {
+            // f32 accumulation may legitimately land on the other neighbour. An overflow to the same infinity as the
+            // rounded reference is no error; a NaN or a lone infinity is infinitely wrong.
+            let err = if yv.is_infinite() && yv == rounded {
                 0.0
             } else {
                 let d = (yv - ys).abs();
