@@ -5,6 +5,7 @@ mod dequant;
 mod dsl;
 mod inspect;
 mod interp;
+mod model;
 mod numerics;
 mod pipeline;
 mod plan;

@@ -225,34 +225,53 @@ pub fn compile_to_dir(
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let mut written = vec![];
     for (spec, arch) in jobs {
-        let start = std::time::Instant::now();
-        let out = compile_kernel(spec, arch, emit)?;
-        let compile_seconds = start.elapsed().as_secs_f64();
-        let stem = manifest::stem(&out.plan);
-        let hsaco = out_dir.join(format!("{stem}.hsaco"));
-        let json = out_dir.join(format!("{stem}.json"));
-        write_atomically(&hsaco, &out.hsaco)?;
-        write_atomically(
-            &out_dir.join(&out.manifest.kernel_ir),
-            out.kernel_ir.as_bytes(),
-        )?;
-        write_atomically(&json, out.manifest.to_json().as_bytes())?;
-        let mut dumps = vec![];
-        for (stage, text) in &out.dumps {
-            let path = out_dir.join(format!("{stem}.{}.{}", stage.name(), stage.extension()));
-            write_atomically(&path, text.as_bytes())?;
-            dumps.push(path);
-        }
-        written.push(Written {
-            kernel: spec.name.clone(),
-            arch,
-            hsaco,
-            manifest: json,
-            dumps,
-            hsaco_bytes: out.hsaco.len(),
-            elements_per_lane_iter: out.plan.elements_per_lane_iter,
-            compile_seconds,
-        });
+        written.push(compile_one_to_dir(spec, arch, out_dir, emit, None)?);
     }
     Ok(written)
+}
+
+/// Compiles one kernel for one arch into `out_dir` (which must exist). `m_range` narrows the M range the manifest
+/// declares (a kernel bundle with several kernels per shape selects among them by M); it is clamped to what the
+/// plan allows.
+pub fn compile_one_to_dir(
+    spec: &KernelSpec,
+    arch: Arch,
+    out_dir: &std::path::Path,
+    emit: &BTreeSet<Stage>,
+    m_range: Option<(u32, u32)>,
+) -> Result<Written, OutputError> {
+    let start = std::time::Instant::now();
+    let mut out = compile_kernel(spec, arch, emit)?;
+    if let Some((lo, hi)) = m_range {
+        let s = &mut out.manifest.shapes;
+        s.m_min = lo.max(s.m_min);
+        s.m_max = hi.min(s.m_max);
+    }
+    let compile_seconds = start.elapsed().as_secs_f64();
+    let stem = manifest::stem(&out.plan);
+    let hsaco = out_dir.join(format!("{stem}.hsaco"));
+    let json = out_dir.join(format!("{stem}.json"));
+    write_atomically(&hsaco, &out.hsaco)?;
+    write_atomically(
+        &out_dir.join(&out.manifest.kernel_ir),
+        out.kernel_ir.as_bytes(),
+    )?;
+    // The manifest is written last: a complete manifest means the files it names are complete too.
+    write_atomically(&json, out.manifest.to_json().as_bytes())?;
+    let mut dumps = vec![];
+    for (stage, text) in &out.dumps {
+        let path = out_dir.join(format!("{stem}.{}.{}", stage.name(), stage.extension()));
+        write_atomically(&path, text.as_bytes())?;
+        dumps.push(path);
+    }
+    Ok(Written {
+        kernel: spec.name.clone(),
+        arch,
+        hsaco,
+        manifest: json,
+        dumps,
+        hsaco_bytes: out.hsaco.len(),
+        elements_per_lane_iter: out.plan.elements_per_lane_iter,
+        compile_seconds,
+    })
 }

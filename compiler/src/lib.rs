@@ -11,6 +11,7 @@ pub mod ir;
 pub mod kernel;
 pub mod linalg;
 pub mod manifest;
+pub mod model;
 pub mod plan;
 pub mod run;
 pub mod spec;

@@ -1,0 +1,206 @@
+//! `compile-model`: from a checkpoint's distinct quantized linear shapes to a directory of compiled kernels, one
+//! decode-shaped and one prefill-shaped kernel per shape, written as `.nib` text and compiled through the same front
+//! end and pipeline as user files (so generated kernels obey every check), in parallel.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use thiserror::Error;
+
+use crate::arch::Arch;
+use crate::driver::{self, CompileError, OutputError, Stage};
+use crate::spec::KernelSpec;
+
+/// The largest M a decode-shaped kernel serves; prefill-shaped kernels take larger M.
+pub const DECODE_MAX_M: u32 = 32;
+
+/// One distinct linear-layer shape of a model.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LayerShape {
+    pub n: u32,
+    pub k: u32,
+    pub bias: bool,
+    /// Names of the layers with this shape (for the generated file's comment).
+    pub layers: Vec<String>,
+}
+
+/// Groups layers `(name, n, k, has_bias)` by shape, in a deterministic order.
+pub fn distinct_shapes(layers: &[(String, u32, u32, bool)]) -> Vec<LayerShape> {
+    let mut by: BTreeMap<(u32, u32, bool), Vec<String>> = BTreeMap::new();
+    for (name, n, k, b) in layers {
+        by.entry((*n, *k, *b)).or_default().push(name.clone());
+    }
+    by.into_iter()
+        .map(|((n, k, bias), mut layers)| {
+            layers.sort();
+            LayerShape { n, k, bias, layers }
+        })
+        .collect()
+}
+
+/// A generated kernel: its name, `.nib` source and the M range it serves.
+#[derive(Debug, Clone)]
+pub struct GeneratedKernel {
+    pub name: String,
+    pub source: String,
+    pub m_range: (u32, u32),
+}
+
+fn largest_dividing(n: u32, candidates: &[u32]) -> Option<u32> {
+    candidates.iter().copied().find(|c| n.is_multiple_of(*c))
+}
+
+/// The decode and prefill kernels for one shape, or the reason the shape cannot be compiled.
+pub fn kernels_for(
+    shape: &LayerShape,
+    format: &str,
+    targets: &[Arch],
+) -> Result<Vec<GeneratedKernel>, String> {
+    let (n, k) = (shape.n, shape.k);
+    let tile_k = largest_dividing(k, &[256, 128])
+        .ok_or_else(|| format!("K = {k} is not a multiple of 128"))?;
+    let targets: Vec<&str> = targets.iter().map(|a| a.name()).collect();
+    let base = format!("l{n}x{k}{}", if shape.bias { "_b" } else { "" });
+    let tensors = format!(
+        "  x      bf16[M, {k}]\n  w      {format}[{n}, {k}]\n  y      bf16[M, {n}]\n{}",
+        if shape.bias {
+            format!("  bias   bf16[{n}]\n")
+        } else {
+            String::new()
+        }
+    );
+    let header = format!(
+        "# {} ({format}, N = {n}, K = {k})\n",
+        shape.layers.join(", ")
+    );
+    let mut out = vec![];
+    // Decode: one 16-row MFMA tile per wave, waves split N (the tilings of the Llama examples, docs/PERFORMANCE.md).
+    let dn = largest_dividing(n, &[128, 64, 32])
+        .ok_or_else(|| format!("N = {n} is not a multiple of 32"))?;
+    let dw = (dn / 32).clamp(1, 4);
+    out.push(GeneratedKernel {
+        name: format!("{base}_decode"),
+        source: format!(
+            "{header}kernel {base}_decode {{\n  target {}\n{tensors}  tile   m=16 n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n}}\n",
+            targets.join(", ")
+        ),
+        m_range: (1, DECODE_MAX_M),
+    });
+    // Prefill: 64-row tiles on the 32x32x8 atom, four waves.
+    if let Some(pn) = largest_dividing(n, &[128, 64]) {
+        out.push(GeneratedKernel {
+            name: format!("{base}_prefill"),
+            source: format!(
+                "{header}kernel {base}_prefill {{\n  target {}\n{tensors}  tile   m=64 n={pn} k=128\n  waves  m=2 n=2\n  mma    32x32x8\n  stages 2\n}}\n",
+                targets.join(", ")
+            ),
+            m_range: (DECODE_MAX_M + 1, u32::MAX),
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("layer shape {n}x{k}: {message}")]
+    Shape { n: u32, k: u32, message: String },
+    #[error("generated kernel {name} does not check (a nibble bug):\n{diagnostics}")]
+    Generated { name: String, diagnostics: String },
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}
+
+/// What compiling a model wrote.
+#[derive(Debug, Clone)]
+pub struct ModelOutput {
+    pub written: Vec<driver::Written>,
+    pub nib_files: Vec<PathBuf>,
+}
+
+/// Generates, checks and compiles every kernel for `shapes` into `out_dir`, `jobs` at a time. `progress` is called
+/// after each finished kernel with (done, total, kernel name).
+pub fn compile_model(
+    shapes: &[LayerShape],
+    format: &str,
+    targets: &[Arch],
+    out_dir: &Path,
+    emit_nib: bool,
+    jobs: usize,
+    progress: &(dyn Fn(usize, usize, &str) + Sync),
+) -> Result<ModelOutput, ModelError> {
+    let mut specs: Vec<(KernelSpec, (u32, u32))> = vec![];
+    let mut nib_files = vec![];
+    std::fs::create_dir_all(out_dir).map_err(|source| OutputError::Io {
+        path: out_dir.display().to_string(),
+        source,
+    })?;
+    for shape in shapes {
+        let kernels = kernels_for(shape, format, targets).map_err(|message| ModelError::Shape {
+            n: shape.n,
+            k: shape.k,
+            message,
+        })?;
+        for g in kernels {
+            let path = format!("{}.nib", g.name);
+            let checked =
+                crate::dsl::check_source(&path, &g.source).map_err(|d| ModelError::Generated {
+                    name: g.name.clone(),
+                    diagnostics: d.render(),
+                })?;
+            if emit_nib {
+                let p = out_dir.join(&path);
+                driver::write_atomically(&p, g.source.as_bytes())?;
+                nib_files.push(p);
+            }
+            specs.extend(checked.kernels.into_iter().map(|k| (k, g.m_range)));
+        }
+    }
+    let jobs_list: Vec<(&KernelSpec, Arch, (u32, u32))> = specs
+        .iter()
+        .flat_map(|(s, r)| targets.iter().map(move |a| (s, *a, *r)))
+        .collect();
+    let total = jobs_list.len();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results: Mutex<Vec<Result<driver::Written, OutputError>>> = Mutex::new(vec![]);
+    // Each worker thread builds IR in its own MLIR context (one per thread, see ir::context).
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1).min(total.max(1)) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((spec, arch, range)) = jobs_list.get(i) else {
+                    break;
+                };
+                let r = driver::compile_one_to_dir(
+                    spec,
+                    *arch,
+                    out_dir,
+                    &BTreeSet::<Stage>::new(),
+                    Some(*range),
+                );
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                progress(d, total, &spec.name);
+                // A poisoned lock means another worker panicked; its panic is propagated by the scope.
+                if let Ok(mut v) = results.lock() {
+                    v.push(r);
+                }
+            });
+        }
+    });
+    let mut written = vec![];
+    for r in results.into_inner().unwrap_or_default() {
+        written.push(r?);
+    }
+    written.sort_by(|a, b| (&a.kernel, a.arch).cmp(&(&b.kernel, b.arch)));
+    if written.len() != total {
+        return Err(ModelError::Output(OutputError::Compile(
+            CompileError::Plan(crate::plan::PlanError::Unsupported {
+                kernel: "compile-model".into(),
+                message: format!("{} of {total} kernels were compiled", written.len()),
+            }),
+        )));
+    }
+    Ok(ModelOutput { written, nib_files })
+}
