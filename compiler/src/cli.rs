@@ -100,6 +100,9 @@ pub enum Command {
         /// docs/NUMERICS.md (exit code 1 if any output exceeds it; `y` is written either way).
         #[arg(long)]
         reference: bool,
+        /// Print per LDS load/store op its executions and bank-conflict cycles (docs/PERFORMANCE.md states the model).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -184,6 +187,7 @@ pub fn run(
             seed,
             output,
             reference,
+            profile,
         } => run_kernel(
             &RunArgs {
                 manifest: &manifest,
@@ -196,6 +200,7 @@ pub fn run(
                 },
                 output: output.as_deref(),
                 reference: reference || random.is_some(),
+                profile,
             },
             stdout,
             stderr,
@@ -422,6 +427,7 @@ struct RunArgs<'a> {
     inputs: Inputs<'a>,
     output: Option<&'a Path>,
     reference: bool,
+    profile: bool,
 }
 
 enum Inputs<'a> {
@@ -558,6 +564,21 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
         "ran {} ({}) on the interpreter: M={rows} N={n} K={k}, {} workgroups, {} MFMAs, {seconds:.2} s",
         m.kernel, m.arch, out.stats.workgroups, out.stats.mfma
     );
+    if args.profile {
+        let _ = writeln!(
+            stdout,
+            "LDS bank conflicts (32 banks x 4 bytes, 128 bytes per cycle):"
+        );
+        for (op, st) in &out.stats.lds_ops {
+            let _ = writeln!(
+                stdout,
+                "  {op}: {} wave executions, {} conflict cycles ({:.3} per execution)",
+                st.executions,
+                st.conflict_cycles,
+                st.conflict_cycles as f64 / st.executions.max(1) as f64
+            );
+        }
+    }
     if let Some(output) = args.output {
         let y_st = tensors::half_dtype(y_dtype.name()).ok_or("y dtype is not bf16 or f16")?;
         tensors::write_atomic(

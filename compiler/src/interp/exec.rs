@@ -477,6 +477,18 @@ impl<'p, 'b> Machine<'p, 'b> {
                     mt,
                     n,
                 } => {
+                    if mt.space == Space::Workgroup {
+                        self.count_lds(
+                            op,
+                            lanes,
+                            |l| {
+                                let (dm, di) = (at(*mem, l), at(*idx, l));
+                                (regs[dm + 1], regs[di])
+                            },
+                            mt,
+                            *n,
+                        );
+                    }
                     for &l in lanes {
                         let (dm, di) = (at(*mem, l), at(*idx, l));
                         let view = [regs[dm], regs[dm + 1], regs[dm + 2]];
@@ -506,6 +518,18 @@ impl<'p, 'b> Machine<'p, 'b> {
                     mt,
                     n,
                 } => {
+                    if mt.space == Space::Workgroup {
+                        self.count_lds(
+                            op,
+                            lanes,
+                            |l| {
+                                let (dm, di) = (at(*mem, l), at(*idx, l));
+                                (regs[dm + 1], regs[di])
+                            },
+                            mt,
+                            *n,
+                        );
+                    }
                     for &l in lanes {
                         let (dm, di, dv) = (at(*mem, l), at(*idx, l), at(*val, l));
                         let view = [regs[dm], regs[dm + 1], regs[dm + 2]];
@@ -722,6 +746,46 @@ impl<'p, 'b> Machine<'p, 'b> {
             }
         }
         Ok(Flow::Normal)
+    }
+
+    /// Bank-conflict accounting of one LDS op, wave by wave (`super::lds_conflict_cycles`). `addr` gives a lane's
+    /// view base byte and element index.
+    fn count_lds(
+        &mut self,
+        op: u32,
+        lanes: &[u32],
+        addr: impl Fn(u32) -> (u64, u64),
+        mt: &MemTy,
+        n: u32,
+    ) {
+        let es = u64::from(mt.elem.bits() / 8);
+        let len = u64::from(n) * es;
+        let mut i = 0;
+        let mut executions = 0;
+        let mut conflicts = 0;
+        let mut wave: Vec<(u32, u64, u64)> = vec![];
+        while i < lanes.len() {
+            let w = lanes[i] / 64;
+            wave.clear();
+            while i < lanes.len() && lanes[i] / 64 == w {
+                let (base, index) = addr(lanes[i]);
+                wave.push((
+                    lanes[i] % 64,
+                    base.wrapping_add(index.wrapping_mul(es)),
+                    len,
+                ));
+                i += 1;
+            }
+            executions += 1;
+            conflicts += super::lds_conflict_cycles(&wave);
+        }
+        let e = self
+            .stats
+            .lds_ops
+            .entry(self.prog.describe(op))
+            .or_default();
+        e.executions += executions;
+        e.conflict_cycles += conflicts;
     }
 
     /// One lane's access of `n` elements at element `index` of `view`; loads fill `bytes`, stores write it.

@@ -312,6 +312,55 @@ pub struct LaunchStats {
     pub lds_bytes_written: u64,
     pub global_bytes_read: u64,
     pub global_bytes_written: u64,
+    /// Per LDS load/store op (described as in errors): wave-level executions and bank-conflict cycles, under the
+    /// model of [`lds_conflict_cycles`].
+    pub lds_ops: BTreeMap<String, LdsOpStats>,
+}
+
+/// Bank-conflict statistics of one LDS op.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LdsOpStats {
+    pub executions: u64,
+    pub conflict_cycles: u64,
+}
+
+/// LDS bank-conflict model (CDNA: 32 banks of 4 bytes, 128 bytes per cycle): the lanes of a wave are served in
+/// groups of consecutive lanes that move 128 bytes together (32 lanes for accesses of up to 4 bytes, 16 for 8-byte
+/// and 8 for 16-byte accesses). In a group, every dword a lane touches goes to bank `dword % 32`; lanes reading the
+/// same dword share it (broadcast). A group takes as many cycles as its busiest bank has distinct dwords; the
+/// conflict cycles are those beyond one per group. `accesses` holds (lane within the wave, byte address, bytes).
+pub fn lds_conflict_cycles(accesses: &[(u32, u64, u64)]) -> u64 {
+    let Some(len) = accesses.first().map(|a| a.2) else {
+        return 0;
+    };
+    let group = (128 / len.clamp(4, 128)) as u32;
+    let mut cycles = 0;
+    let mut dwords: Vec<(u32, u64)> = vec![];
+    let mut g = 0;
+    while g < 64 {
+        dwords.clear();
+        for &(_, addr, len) in accesses.iter().filter(|a| a.0 >= g && a.0 < g + group) {
+            for d in addr / 4..(addr + len).div_ceil(4) {
+                dwords.push(((d % 32) as u32, d));
+            }
+        }
+        dwords.sort_unstable();
+        dwords.dedup();
+        let mut busiest = 0u64;
+        let mut i = 0;
+        while i < dwords.len() {
+            let bank = dwords[i].0;
+            let mut j = i;
+            while j < dwords.len() && dwords[j].0 == bank {
+                j += 1;
+            }
+            busiest = busiest.max((j - i) as u64);
+            i = j;
+        }
+        cycles += busiest.saturating_sub(1);
+        g += group;
+    }
+    cycles
 }
 
 /// Runs `kernel` over `grid` workgroups of `block` threads with [`LaunchOptions::default`].
