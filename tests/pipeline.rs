@@ -133,7 +133,11 @@ fn every_example_compiles_for_every_target_to_a_valid_code_object() {
             // e8m0/e4m3-scaled formats with bf16 activations) with one 16x16 MFMA tile per wave along M spend at most
             // 2.0 VALU instructions per weight element in the main loop, and decode-shaped ones keep >= 2 waves/SIMD.
             let p = &out.plan;
-            if arch == Arch::Gfx942
+            // `schedule auto` kernels are chosen by predicted time, not VALU cost (docs/PERFORMANCE.md), so they are
+            // held to the general cap below only.
+            let manual = matches!(spec.schedule, nibble_compiler::spec::Schedule::Manual(_));
+            if manual
+                && arch == Arch::Gfx942
                 && p.dequant.exact_pack
                 && p.atom == MmaAtom::M16N16K16
                 && p.m_tiles == 1

@@ -46,6 +46,23 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(EMIT_STAGES))]
         emit: Vec<String>,
     },
+    /// Predict kernel time with the cost model; with --explain, list the candidate tilings `schedule auto` weighs.
+    Plan {
+        /// The .nib file.
+        file: PathBuf,
+        /// Target archs (default: each kernel's own).
+        #[arg(long, value_delimiter = ',', value_parser = parse_arch, value_name = "ARCH[,ARCH]")]
+        target: Vec<Arch>,
+        /// The M (tokens) to predict for.
+        #[arg(long, default_value_t = crate::costmodel::AUTO_M)]
+        m: u32,
+        /// List the candidates with their predicted times and why the winner won.
+        #[arg(long)]
+        explain: bool,
+        /// Compile each candidate and use its measured VALU cost and registers (slower).
+        #[arg(long)]
+        measure: bool,
+    },
     /// Measure a code object: registers, LDS, scratch, spills, occupancy, MFMAs and the main loop's VALU cost.
     Inspect {
         /// The .hsaco file. Its manifest (same name, .json) supplies the weight elements per loop iteration.
@@ -173,6 +190,18 @@ pub fn run(
             json,
             elements_per_iteration,
         } => inspect(&file, json, elements_per_iteration, stdout, stderr),
+        Command::Plan {
+            file,
+            target,
+            m,
+            explain,
+            measure,
+        } => {
+            let Some(checked) = front_end(&file, stderr) else {
+                return 1;
+            };
+            plan_cmd(&checked, &target, m.max(1), explain, measure, stdout)
+        }
         Command::Quantize {
             format,
             input,
@@ -206,6 +235,107 @@ pub fn run(
             stderr,
         ),
     }
+}
+
+fn plan_cmd(
+    checked: &CheckedFile,
+    targets: &[Arch],
+    m: u32,
+    explain: bool,
+    measure: bool,
+    out: &mut dyn Write,
+) -> i32 {
+    use crate::costmodel;
+    use crate::spec::Schedule;
+    let row = |p: &costmodel::Prediction| {
+        let t = &p.tiling;
+        format!(
+            "{:>3}x{:<3}x{:<3} w{}x{} {:<8} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}{}",
+            t.tile_m,
+            t.tile_n,
+            t.tile_k,
+            t.waves_m,
+            t.waves_n,
+            t.mma.name(),
+            p.workgroups,
+            p.occupancy,
+            p.rounds,
+            p.memory_us,
+            p.valu_us,
+            p.mfma_us,
+            p.predicted_us,
+            p.valu_per_element,
+            if p.measured { " measured" } else { "" }
+        )
+    };
+    let header = "tile         waves mma          wgs  occ rounds    mem us   valu us   mfma us  predict us   valu/e";
+    for k in &checked.kernels {
+        let archs = if targets.is_empty() {
+            k.targets.clone()
+        } else {
+            targets.to_vec()
+        };
+        for arch in archs {
+            let (fp4, bf16) = costmodel::rooflines(k, arch, m);
+            let _ = writeln!(
+                out,
+                "kernel {} on {} at M={m}: HBM roofline {fp4:.1} us (bf16 weights: {bf16:.1} us)",
+                k.name,
+                arch.name()
+            );
+            let ranked = match &k.schedule {
+                Schedule::Auto => costmodel::rank(k, arch, m, measure),
+                Schedule::Manual(t) => {
+                    let measured = if measure {
+                        costmodel_measure(k, arch, *t)
+                    } else {
+                        None
+                    };
+                    costmodel::predict(k, arch, m, *t, measured)
+                        .into_iter()
+                        .collect()
+                }
+            };
+            let Some(best) = ranked.first() else {
+                let _ = writeln!(out, "  no feasible tiling");
+                continue;
+            };
+            let _ = writeln!(out, "  {header}");
+            let shown = if explain { ranked.len().min(12) } else { 1 };
+            for p in &ranked[..shown] {
+                let _ = writeln!(out, "  {}", row(p));
+            }
+            if explain && ranked.len() > 1 {
+                let bound = if best.memory_us >= best.valu_us.max(best.mfma_us) {
+                    "memory"
+                } else if best.valu_us >= best.mfma_us {
+                    "VALU"
+                } else {
+                    "MFMA"
+                };
+                let _ = writeln!(
+                    out,
+                    "  chosen: the first row, {bound}-bound; {} candidates considered ({} shown); ties go to lower VALU cost, then more waves and larger tiles",
+                    ranked.len(),
+                    shown
+                );
+            }
+        }
+    }
+    0
+}
+
+fn costmodel_measure(
+    k: &crate::spec::KernelSpec,
+    arch: Arch,
+    t: crate::spec::Tiling,
+) -> Option<(f64, u32)> {
+    let mut s = k.clone();
+    s.schedule = crate::spec::Schedule::Manual(t);
+    let out = driver::compile_kernel(&s, arch, &Default::default()).ok()?;
+    let r = crate::inspect::inspect(&out.hsaco, Some(out.plan.elements_per_lane_iter)).ok()?;
+    let k = r.kernels.first()?;
+    Some((k.valu_per_weight_element?, k.vgprs))
 }
 
 /// Files named on the command line, with directories replaced by their `.nib` files (sorted, not recursive).

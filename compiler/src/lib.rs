@@ -2,6 +2,7 @@
 pub mod arch;
 pub mod cli;
 pub mod codegen;
+pub mod costmodel;
 pub mod dequant;
 pub mod driver;
 pub mod dsl;

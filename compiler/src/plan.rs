@@ -119,27 +119,22 @@ pub struct Plan {
     pub source_hash: String,
 }
 
-/// Picks a tiling for `schedule auto`: a decode tiling for small N*K slabs is not knowable without M, so auto picks
-/// the tiling that is good across M for the shape; the cost-model-driven choice arrives with the performance work.
-pub fn auto_tiling(spec: &KernelSpec, _arch: Arch) -> Tiling {
-    let tile_n = [128u32, 64, 32, 16]
-        .into_iter()
-        .find(|t| spec.n.is_multiple_of(*t))
-        .unwrap_or(16);
-    let tile_k = [256u32, 128]
-        .into_iter()
-        .find(|t| spec.k.is_multiple_of(*t))
-        .unwrap_or(128);
-    let waves_n = (tile_n / 16).clamp(1, 4);
-    Tiling {
-        tile_m: 16,
-        tile_n,
-        tile_k,
-        waves_m: 1,
-        waves_n,
-        mma: MmaAtom::M16N16K16,
-        stages: 2,
-    }
+/// The tiling `schedule auto` picks: the cost model's best candidate for a decode-sized M
+/// (`costmodel::AUTO_M`), from estimates only (compiling every candidate is `nibble plan --explain --measure`).
+/// Falls back to a fixed decode tiling when no candidate fits (the plan then explains what does not).
+pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
+    crate::costmodel::rank(spec, arch, crate::costmodel::AUTO_M, false)
+        .first()
+        .map(|p| p.tiling)
+        .unwrap_or(Tiling {
+            tile_m: 16,
+            tile_n: 128,
+            tile_k: 256,
+            waves_m: 1,
+            waves_n: 4,
+            mma: MmaAtom::M16N16K16,
+            stages: 2,
+        })
 }
 
 pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {

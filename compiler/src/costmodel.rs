@@ -1,0 +1,229 @@
+//! The cost model behind `schedule auto` and `nibble plan --explain`: predicts a kernel's time for a shape, arch and
+//! M from memory traffic, VALU and MFMA issue cycles, occupancy and wave quantization over the CUs.
+//!
+//! It is a planning tool, not evidence. Inputs and their status:
+//! - measured when `measure` is on (each candidate is compiled and its code object inspected): VALU instructions per
+//!   weight element in the main loop, VGPRs (hence occupancy together with LDS); otherwise estimated from the
+//!   dequantization recipe (15 instructions per 8 weights on gfx942, 23 on gfx90a, plus rounding work, plus about 8
+//!   per loop iteration) and the DSL's
+//!   register budget formula;
+//! - exact: bytes moved (weights, scales, activations, outputs), MFMA counts, LDS bytes, workgroup counts;
+//! - assumed (arch tables, not measured here): HBM bandwidth, clock, CU count, MFMA cycles; that VALU and MFMA of
+//!   different waves overlap on a SIMD; that weights are read from HBM once per M tile and activations hit in L2.
+
+use serde::Serialize;
+
+use crate::arch::Arch;
+use crate::dsl::budget;
+use crate::plan::{self, Bf8Convert, Plan};
+use crate::spec::{DType, KernelSpec, MmaAtom, Schedule, Tiling};
+
+/// Launch and epilogue overhead that no tiling avoids (assumed).
+const FIXED_US: f64 = 4.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Prediction {
+    pub tiling: Tiling,
+    pub workgroups: u64,
+    /// Waves per SIMD the kernel can keep resident (registers and LDS).
+    pub occupancy: u32,
+    /// Rounds of workgroups over the CUs (wave quantization).
+    pub rounds: u64,
+    pub bytes: f64,
+    pub memory_us: f64,
+    pub valu_us: f64,
+    pub mfma_us: f64,
+    pub predicted_us: f64,
+    pub valu_per_element: f64,
+    /// Whether VALU/element and registers came from compiling the candidate.
+    pub measured: bool,
+}
+
+/// Roofline times for reference: the HBM time of the FP4 kernel's bytes and of bf16 weights (4x the weight bytes).
+pub fn rooflines(spec: &KernelSpec, arch: Arch, m: u32) -> (f64, f64) {
+    let info = arch.info();
+    let (n, k) = (f64::from(spec.n), f64::from(spec.k));
+    let act = f64::from(m) * (k + n) * 2.0;
+    let fp4 = n * k * (0.5 + spec.format.scale.bytes() as f64 / f64::from(spec.format.group)) + act;
+    let bf16 = n * k * 2.0 + act;
+    let us = |bytes: f64| bytes / (info.hbm_tb_s * 1e12) * 1e6;
+    (us(fp4), us(bf16))
+}
+
+/// Estimated main-loop VALU instructions per weight element of a plan (see the module doc).
+pub fn estimated_valu_per_element(p: &Plan) -> f64 {
+    let per_word = match p.dequant.convert {
+        Bf8Convert::Hardware => 15.0,
+        Bf8Convert::ViaF16 => 23.0,
+    };
+    let rounding = if p.dequant.exact_pack {
+        0.0
+    } else if p.x == DType::Bf16 {
+        16.0
+    } else {
+        8.0
+    };
+    // Per K iteration the loop also spends about 8 VALU instructions on LDS addresses and the loop counter
+    // (measured on the examples), shared by the lane's elements of the iteration.
+    (per_word + rounding) / 8.0 + 8.0 / f64::from(p.elements_per_lane_iter.max(1))
+}
+
+/// Predicts one tiling. `measured`: (VALU per element, VGPRs) from an inspected code object.
+pub fn predict(
+    spec: &KernelSpec,
+    arch: Arch,
+    m: u32,
+    t: Tiling,
+    measured: Option<(f64, u32)>,
+) -> Option<Prediction> {
+    let mut s = spec.clone();
+    s.schedule = Schedule::Manual(t);
+    let p = plan::plan(&s, arch).ok()?;
+    let info = arch.info();
+    if !budget::lds_fits(&t, info) || !budget::vgprs_fit(&t, spec.format.group, info) {
+        return None;
+    }
+    let waves_per_wg = t.waves_m * t.waves_n;
+    let vgprs = measured.map_or(
+        budget::vgprs(&t, spec.format.group).total() as u32,
+        |(_, v)| v,
+    );
+    let by_regs =
+        (info.regs_per_simd_lane / vgprs.next_multiple_of(8).max(8)).min(info.max_waves_per_simd);
+    let wgs_by_lds = (info.lds_bytes / p.lds_bytes.max(1)).max(1);
+    let by_lds = (wgs_by_lds * waves_per_wg / 4).max(1);
+    let occupancy = by_regs.min(by_lds).max(1);
+    let m_tiles = u64::from(m.div_ceil(t.tile_m));
+    let workgroups = u64::from(spec.n / t.tile_n) * m_tiles;
+    let wgs_per_cu = u64::from((occupancy * 4 / waves_per_wg).max(1));
+    let rounds = workgroups.div_ceil(u64::from(info.cus) * wgs_per_cu);
+
+    let (n, k) = (f64::from(spec.n), f64::from(spec.k));
+    let scale_bytes = 4.0 / f64::from(spec.format.group);
+    let bytes = m_tiles as f64 * n * k * (0.5 + scale_bytes)
+        + f64::from(m) * k * 2.0
+        + f64::from(m) * n * 2.0;
+    // A CU streams about 1/CUs of the HBM bandwidth: with fewer workgroups in flight than CUs, only that fraction
+    // of the bandwidth is drawn (nibble has no split-K yet to fill the GPU at small N).
+    let concurrent = workgroups.min(u64::from(info.cus) * wgs_per_cu);
+    let fraction = (concurrent as f64 / f64::from(info.cus)).min(1.0);
+    let memory_us = bytes / (info.hbm_tb_s * 1e12 * fraction) * 1e6;
+
+    let valu_per_element = measured.map_or_else(|| estimated_valu_per_element(&p), |(v, _)| v);
+    // Per wave and K step of the whole problem: wave_n * K weight elements over 64 lanes; a wave64 VALU op issues in
+    // 4 cycles on a 16-wide SIMD.
+    let valu_cycles_per_wave = valu_per_element * f64::from(p.wave_n) * k / 64.0 * 4.0;
+    let atom_cycles = f64::from(match t.mma {
+        MmaAtom::M16N16K16 => info.mfma_cycles[0],
+        MmaAtom::M32N32K8 => info.mfma_cycles[1],
+    });
+    let mfma_cycles_per_wave =
+        f64::from(p.m_tiles * p.n_tiles) * (k / f64::from(t.mma.k())) * atom_cycles;
+    let waves = workgroups as f64 * f64::from(waves_per_wg);
+    let simds = f64::from(info.cus) * 4.0;
+    // Wave quantization: a round occupies every SIMD for as long as its busiest SIMD.
+    let per_simd_waves = (waves / simds).ceil().max(rounds as f64);
+    let hz = info.clock_ghz * 1e9;
+    let valu_us = per_simd_waves * valu_cycles_per_wave / hz * 1e6;
+    let mfma_us = per_simd_waves * mfma_cycles_per_wave / hz * 1e6;
+    let predicted_us = memory_us.max(valu_us.max(mfma_us)) + FIXED_US;
+    Some(Prediction {
+        tiling: t,
+        workgroups,
+        occupancy,
+        rounds,
+        bytes,
+        memory_us,
+        valu_us,
+        mfma_us,
+        predicted_us,
+        valu_per_element,
+        measured: measured.is_some(),
+    })
+}
+
+/// The tilings `schedule auto` considers for a shape.
+pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
+    let mut out = vec![];
+    for mma in arch.info().mfma_atoms.iter().copied() {
+        for tile_m in [16u32, 32, 64] {
+            for tile_n in [32u32, 64, 128, 256] {
+                for tile_k in [128u32, 256] {
+                    for (waves_m, waves_n) in [(1u32, 1u32), (1, 2), (1, 4), (2, 2), (4, 1)] {
+                        if !spec.n.is_multiple_of(tile_n)
+                            || !spec.k.is_multiple_of(tile_k)
+                            || !tile_m.is_multiple_of(waves_m * mma.m())
+                            || !tile_n.is_multiple_of(waves_n * mma.n())
+                        {
+                            continue;
+                        }
+                        out.push(Tiling {
+                            tile_m,
+                            tile_n,
+                            tile_k,
+                            waves_m,
+                            waves_n,
+                            mma,
+                            stages: 2,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// All feasible candidates' predictions for M, best first (ties broken by fewer padded rows of M, lower VALU cost,
+/// higher occupancy,
+/// then more waves per workgroup and larger tiles, which hide latency in ways the model does not see; the order is
+/// deterministic). `measure` compiles each candidate (slower) to use measured VALU and registers.
+pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Prediction> {
+    let mut out: Vec<Prediction> = candidates(spec, arch)
+        .into_iter()
+        .filter(|t| {
+            budget::lds_fits(t, arch.info()) && budget::vgprs_fit(t, spec.format.group, arch.info())
+        })
+        .filter_map(|t| {
+            let measured = if measure {
+                measure_tiling(spec, arch, t)
+            } else {
+                None
+            };
+            predict(spec, arch, m, t, measured)
+        })
+        .collect();
+    let padding = |t: &Tiling| m.div_ceil(t.tile_m) * t.tile_m - m;
+    out.sort_by(|a, b| {
+        a.predicted_us
+            .total_cmp(&b.predicted_us)
+            .then(padding(&a.tiling).cmp(&padding(&b.tiling)))
+            .then(a.valu_per_element.total_cmp(&b.valu_per_element))
+            .then(b.occupancy.cmp(&a.occupancy))
+            .then(key(&b.tiling).cmp(&key(&a.tiling)))
+    });
+    out
+}
+
+/// Larger is preferred on ties.
+fn key(t: &Tiling) -> (u32, u32, u32, u32, bool) {
+    (
+        t.waves_m * t.waves_n,
+        t.tile_n,
+        t.tile_k,
+        u32::MAX - t.tile_m,
+        t.mma == MmaAtom::M16N16K16,
+    )
+}
+
+fn measure_tiling(spec: &KernelSpec, arch: Arch, t: Tiling) -> Option<(f64, u32)> {
+    let mut s = spec.clone();
+    s.schedule = Schedule::Manual(t);
+    let out = crate::driver::compile_kernel(&s, arch, &Default::default()).ok()?;
+    let report = crate::inspect::inspect(&out.hsaco, Some(out.plan.elements_per_lane_iter)).ok()?;
+    let k = report.kernels.first()?;
+    Some((k.valu_per_weight_element?, k.vgprs))
+}
+
+/// The M `schedule auto` optimizes for when nothing else says: one decode step of a 16-token batch.
+pub const AUTO_M: u32 = 16;
