@@ -11,16 +11,21 @@ fn shapes_are_grouped_and_every_generated_kernel_compiles() {
             "model.layers.0.self_attn.q_proj".to_string(),
             256,
             512,
-            false,
+            None,
         ),
         (
             "model.layers.1.self_attn.q_proj".to_string(),
             256,
             512,
-            false,
+            None,
         ),
-        ("model.layers.0.mlp.down_proj".to_string(), 128, 1024, false),
-        ("model.layers.0.mlp.up_proj".to_string(), 1024, 256, true),
+        ("model.layers.0.mlp.down_proj".to_string(), 128, 1024, None),
+        (
+            "model.layers.0.mlp.up_proj".to_string(),
+            1024,
+            256,
+            Some("bf16".to_string()),
+        ),
     ];
     let shapes = distinct_shapes(&layers);
     assert_eq!(shapes.len(), 3);
@@ -71,10 +76,162 @@ fn shapes_are_grouped_and_every_generated_kernel_compiles() {
 
 #[test]
 fn impossible_shapes_are_explained() {
-    let shapes = distinct_shapes(&[("odd".to_string(), 100, 512, false)]);
+    let shapes = distinct_shapes(&[("odd".to_string(), 100, 512, None)]);
     let e = kernels_for(&shapes[0], "mxfp4", &[Arch::Gfx942]).expect_err("N = 100");
     assert!(e.contains("N = 100"), "{e}");
-    let shapes = distinct_shapes(&[("short".to_string(), 128, 96, false)]);
+    let shapes = distinct_shapes(&[("short".to_string(), 128, 96, None)]);
     let e = kernels_for(&shapes[0], "mxfp4", &[Arch::Gfx942]).expect_err("K = 96");
     assert!(e.contains("K = 96"), "{e}");
+}
+
+// ---- compile-model on a synthetic checkpoint, and the runtime reading it back ----
+
+use std::ffi::OsString;
+
+use nibble_compiler::run::{run_interpreted, Bundle, Half16, LayerInputs};
+use nibble_compiler::tensors::{write_atomic, Dtype, OwnedTensor};
+use nibble_runtime::bundle::KernelBundle;
+use nibble_runtime::checkpoint::{Checkpoint, QuantScheme};
+use nibble_runtime::linear::{CpuReference, QuantLinear};
+use nibble_runtime::numerics::compare::{compare, decode};
+use nibble_runtime::numerics::{quantize, reference, DType};
+
+/// A two-layer Llama-shaped MXFP4 checkpoint (Quark layout) with hidden 128 and MLP 512.
+fn write_quark_checkpoint(dir: &std::path::Path) {
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        "quantization_config": {
+            "quant_method": "quark",
+            "global_quant_config": {"weight": {"dtype": "fp4", "qscheme": "per_group", "group_size": 32,
+                                               "scale_format": "e8m0", "ch_axis": -1, "is_dynamic": false}},
+            "exclude": ["lm_head"]
+        }
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).expect("config");
+    let mut tensors = vec![];
+    let mut seed = 7u32;
+    for layer in 0..2 {
+        for (name, n, k) in [
+            ("self_attn.q_proj", 128usize, 128usize),
+            ("self_attn.k_proj", 64, 128),
+            ("self_attn.v_proj", 64, 128),
+            ("self_attn.o_proj", 128, 128),
+            ("mlp.gate_proj", 512, 128),
+            ("mlp.up_proj", 512, 128),
+            ("mlp.down_proj", 128, 512),
+        ] {
+            let w: Vec<f32> = (0..n * k)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    (f64::from(seed >> 8) / f64::from(1u32 << 24) - 0.5) as f32 * 0.1
+                })
+                .collect();
+            let q = quantize::quantize_mxfp4(&w, n, k).expect("quantizes");
+            let prefix = format!("model.layers.{layer}.{name}");
+            tensors.push((
+                format!("{prefix}.weight"),
+                OwnedTensor {
+                    dtype: Dtype::U8,
+                    shape: vec![n, k / 2],
+                    data: q.weight,
+                },
+            ));
+            tensors.push((
+                format!("{prefix}.weight_scale"),
+                OwnedTensor {
+                    dtype: Dtype::U8,
+                    shape: vec![n, k / 32],
+                    data: q.scale,
+                },
+            ));
+        }
+    }
+    write_atomic(&dir.join("model.safetensors"), &tensors).expect("checkpoint");
+}
+
+#[test]
+fn compile_model_builds_a_bundle_the_runtime_loads_and_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ckpt_dir = dir.path().join("ckpt");
+    std::fs::create_dir(&ckpt_dir).expect("dir");
+    write_quark_checkpoint(&ckpt_dir);
+    let out = dir.path().join("bundle");
+    let args: Vec<OsString> = ["nibble", "compile-model"]
+        .iter()
+        .map(OsString::from)
+        .chain([ckpt_dir.clone().into_os_string()])
+        .chain(["--target", "gfx942", "-o"].iter().map(OsString::from))
+        .chain([out.clone().into_os_string()])
+        .chain(["--emit-nib", "--jobs", "2"].iter().map(OsString::from))
+        .collect();
+    let (mut so, mut se) = (Vec::new(), Vec::new());
+    let code = nibble_compiler::cli::run(args, &mut so, &mut se);
+    let (so, se) = (String::from_utf8_lossy(&so), String::from_utf8_lossy(&se));
+    assert_eq!(code, 0, "{so}{se}");
+    // 14 layers, 5 distinct shapes (q/o, k/v, gate/up, down): a decode and a prefill kernel each.
+    assert!(
+        so.contains("14 quantized linear layers (mxfp4), 4 distinct shapes"),
+        "{so}"
+    );
+    assert!(so.contains("wrote 8 kernels and 8 .nib files"), "{so}");
+
+    // The runtime validates the whole bundle (manifests, code objects, symbols, kernel IR) and selects by M.
+    let bundle = KernelBundle::load(&out).expect("the bundle loads");
+    let ckpt = Checkpoint::open(&ckpt_dir).expect("the checkpoint opens");
+    assert_eq!(ckpt.format(), QuantScheme::Mxfp4);
+    let small = bundle
+        .select(512, 128, QuantScheme::Mxfp4, "gfx942", 4)
+        .expect("decode kernel");
+    assert_eq!(small.manifest.tiling.tile_m, 16);
+    let prefill = bundle
+        .select(512, 128, QuantScheme::Mxfp4, "gfx942", 100)
+        .expect("prefill kernel");
+    assert_eq!(prefill.manifest.tiling.mma, "32x32x8");
+
+    // The CPU reference backend and the interpreter running the selected kernel agree within the bound.
+    let prefix = "model.layers.1.mlp.up_proj";
+    let lin = QuantLinear::from_checkpoint(CpuReference, &bundle, &ckpt, prefix, "gfx942")
+        .expect("layer");
+    let data = ckpt.layer(prefix).expect("layer data");
+    for m in [3usize, 40] {
+        let x: Vec<u16> = (0..m * 128)
+            .map(|i| half::bf16::from_f32(((i * 37 % 17) as f32 - 8.0) / 8.0).to_bits())
+            .collect();
+        let cpu = lin.forward_host(&x, m).expect("cpu forward");
+        let kernel = bundle
+            .select(512, 128, QuantScheme::Mxfp4, "gfx942", m)
+            .expect("kernel");
+        let b = Bundle::load(&kernel.manifest_path).expect("bundle");
+        let inp = LayerInputs {
+            m: m as u32,
+            x: Half16 {
+                dtype: "bf16".into(),
+                bits: x.clone(),
+            },
+            weight: data.weight.to_vec(),
+            scales: data.scales.clone(),
+            tensor_scale: data.tensor_scale,
+            bias: None,
+        };
+        let gpu = run_interpreted(&b, &inp, &Default::default())
+            .expect("interpreted")
+            .y;
+        let xf: Vec<f32> = x.iter().map(|v| decode(*v, DType::Bf16)).collect();
+        let w = reference::dequant_weight(
+            &b.manifest.format,
+            data.weight,
+            &data.scales,
+            None,
+            512,
+            128,
+            DType::Bf16,
+        )
+        .expect("reference");
+        for (who, y) in [("cpu backend", &cpu), ("interpreter", &gpu)] {
+            let c = compare(y, DType::Bf16, &xf, &w, m, 512, 128, None, None).expect("comparable");
+            assert_eq!(c.violations, 0, "{who} at M={m}: {c:?}");
+        }
+    }
 }

@@ -46,6 +46,24 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(EMIT_STAGES))]
         emit: Vec<String>,
     },
+    /// Compile kernels for every distinct quantized linear shape of a checkpoint (a decode- and a prefill-shaped
+    /// kernel each), in parallel.
+    CompileModel {
+        /// Checkpoint directory (safetensors + config.json; Quark MXFP4 or ModelOpt NVFP4).
+        checkpoint: PathBuf,
+        /// Target archs, comma separated.
+        #[arg(long, required = true, value_delimiter = ',', value_parser = parse_arch, value_name = "ARCH[,ARCH]")]
+        target: Vec<Arch>,
+        /// Output directory (a kernel bundle).
+        #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Also write the generated .nib files into the output directory.
+        #[arg(long)]
+        emit_nib: bool,
+        /// Parallel compile jobs (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Predict kernel time with the cost model; with --explain, list the candidate tilings `schedule auto` weighs.
     Plan {
         /// The .nib file.
@@ -190,6 +208,21 @@ pub fn run(
             json,
             elements_per_iteration,
         } => inspect(&file, json, elements_per_iteration, stdout, stderr),
+        Command::CompileModel {
+            checkpoint,
+            target,
+            out_dir,
+            emit_nib,
+            jobs,
+        } => compile_model_cmd(
+            &checkpoint,
+            &target,
+            &out_dir,
+            emit_nib,
+            jobs,
+            stdout,
+            stderr,
+        ),
         Command::Plan {
             file,
             target,
@@ -234,6 +267,102 @@ pub fn run(
             stdout,
             stderr,
         ),
+    }
+}
+
+fn compile_model_cmd(
+    dir: &Path,
+    targets: &[Arch],
+    out_dir: &Path,
+    emit_nib: bool,
+    jobs: Option<usize>,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+) -> i32 {
+    let ckpt = match nibble_runtime::checkpoint::Checkpoint::open(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            return 1;
+        }
+    };
+    let layers: Vec<(String, u32, u32, Option<String>)> = ckpt
+        .linear_layers()
+        .into_iter()
+        .map(|l| {
+            let bias = l.has_bias.then(|| {
+                ckpt.tensor(&format!("{}.bias", l.prefix))
+                    .map_or("bf16", |t| {
+                        if t.dtype == safetensors::Dtype::F16 {
+                            "f16"
+                        } else {
+                            "bf16"
+                        }
+                    })
+                    .to_string()
+            });
+            (l.prefix, l.n as u32, l.k as u32, bias)
+        })
+        .collect();
+    if layers.is_empty() {
+        let _ = writeln!(
+            stderr,
+            "error: {}: no quantized linear layers found",
+            dir.display()
+        );
+        return 1;
+    }
+    let shapes = crate::model::distinct_shapes(&layers);
+    let format = ckpt.format().name();
+    let _ = writeln!(
+        stdout,
+        "{}: {} quantized linear layers ({format}), {} distinct shapes",
+        dir.display(),
+        layers.len(),
+        shapes.len()
+    );
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} kernels {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = |done: usize, total: usize, name: &str| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    };
+    let result =
+        crate::model::compile_model(&shapes, format, targets, out_dir, emit_nib, jobs, &progress);
+    bar.finish_and_clear();
+    match result {
+        Ok(out) => {
+            for w in &out.written {
+                let _ = writeln!(
+                    stdout,
+                    "  {:<28} {:<7} {}",
+                    w.kernel,
+                    w.arch.name(),
+                    w.hsaco.display()
+                );
+            }
+            let _ = writeln!(
+                stdout,
+                "wrote {} kernels{} to {}",
+                out.written.len(),
+                if emit_nib {
+                    format!(" and {} .nib files", out.nib_files.len())
+                } else {
+                    String::new()
+                },
+                out_dir.display()
+            );
+            0
+        }
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {e}");
+            1
+        }
     }
 }
 

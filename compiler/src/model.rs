@@ -21,16 +21,19 @@ pub const DECODE_MAX_M: u32 = 32;
 pub struct LayerShape {
     pub n: u32,
     pub k: u32,
-    pub bias: bool,
+    /// The bias element type (`bf16` or `f16`), if the layers have a bias.
+    pub bias: Option<String>,
     /// Names of the layers with this shape (for the generated file's comment).
     pub layers: Vec<String>,
 }
 
-/// Groups layers `(name, n, k, has_bias)` by shape, in a deterministic order.
-pub fn distinct_shapes(layers: &[(String, u32, u32, bool)]) -> Vec<LayerShape> {
-    let mut by: BTreeMap<(u32, u32, bool), Vec<String>> = BTreeMap::new();
+/// Groups layers `(name, n, k, bias dtype)` by shape, in a deterministic order.
+pub fn distinct_shapes(layers: &[(String, u32, u32, Option<String>)]) -> Vec<LayerShape> {
+    let mut by: BTreeMap<(u32, u32, Option<String>), Vec<String>> = BTreeMap::new();
     for (name, n, k, b) in layers {
-        by.entry((*n, *k, *b)).or_default().push(name.clone());
+        by.entry((*n, *k, b.clone()))
+            .or_default()
+            .push(name.clone());
     }
     by.into_iter()
         .map(|((n, k, bias), mut layers)| {
@@ -62,14 +65,13 @@ pub fn kernels_for(
     let tile_k = largest_dividing(k, &[256, 128])
         .ok_or_else(|| format!("K = {k} is not a multiple of 128"))?;
     let targets: Vec<&str> = targets.iter().map(|a| a.name()).collect();
-    let base = format!("l{n}x{k}{}", if shape.bias { "_b" } else { "" });
+    let base = format!("l{n}x{k}{}", if shape.bias.is_some() { "_b" } else { "" });
     let tensors = format!(
         "  x      bf16[M, {k}]\n  w      {format}[{n}, {k}]\n  y      bf16[M, {n}]\n{}",
-        if shape.bias {
-            format!("  bias   bf16[{n}]\n")
-        } else {
-            String::new()
-        }
+        shape
+            .bias
+            .as_ref()
+            .map_or(String::new(), |b| format!("  bias   {b}[{n}]\n"))
     );
     let header = format!(
         "# {} ({format}, N = {n}, K = {k})\n",
