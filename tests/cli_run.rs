@@ -594,7 +594,12 @@ fn run_input_errors_are_one_line_and_name_the_tensor() {
         ]);
         assert_error(
             &r,
-            &format!("device {dev} is not available in this build: no HIP device found"),
+            if dev == "hip" {
+                "no HIP device found".to_string()
+            } else {
+                format!("device {dev} is not available in this build")
+            }
+            .as_str(),
             &out,
         );
     }
@@ -817,4 +822,32 @@ fn random_inputs_run_against_the_reference() {
     assert_eq!(both.code, 2, "{}", both.stderr);
     let neither = nibble(&[OsString::from("run"), mpath.into()]);
     assert_eq!(neither.code, 2, "{}", neither.stderr);
+}
+
+#[test]
+fn hip_device_paths_fail_with_one_line_without_a_gpu() {
+    // CI has no AMD GPU (and may lack libamdhip64 entirely): both must be the same single clear line.
+    let fx = Fixture::new();
+    let mpath = fx.manifest("mx_nobias");
+    for args in [
+        vec![
+            OsString::from("run"),
+            mpath.clone().into(),
+            "--device".into(),
+            "hip".into(),
+            "--random".into(),
+            "4".into(),
+        ],
+        vec![
+            OsString::from("bench"),
+            mpath.clone().into(),
+            "--device".into(),
+            "hip".into(),
+        ],
+    ] {
+        let r = nibble(&args);
+        assert_eq!(r.code, 1, "{:?}: {}{}", args, r.stdout, r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains("no HIP device found"), "{}", r.stderr);
+    }
 }

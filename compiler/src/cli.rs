@@ -64,6 +64,24 @@ pub enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Time a compiled kernel on a GPU with random inputs: median of warm runs (HIP events), weight traffic in TB/s,
+    /// TFLOP/s, and the HBM roofline of the arch.
+    Bench {
+        /// The kernel's manifest.
+        manifest: PathBuf,
+        /// Where to run: `hip`.
+        #[arg(long, default_value = "hip", value_name = "DEVICE")]
+        device: String,
+        /// Rows (tokens).
+        #[arg(long, default_value_t = 16)]
+        m: u32,
+        /// Untimed launches first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Timed launches.
+        #[arg(long, default_value_t = 20)]
+        iters: usize,
+    },
     /// Predict kernel time with the cost model; with --explain, list the candidate tilings `schedule auto` weighs.
     Plan {
         /// The .nib file.
@@ -208,6 +226,19 @@ pub fn run(
             json,
             elements_per_iteration,
         } => inspect(&file, json, elements_per_iteration, stdout, stderr),
+        Command::Bench {
+            manifest,
+            device,
+            m,
+            warmup,
+            iters,
+        } => match bench_cmd(&manifest, &device, m, warmup, iters, stdout) {
+            Ok(()) => 0,
+            Err(e) => {
+                let _ = writeln!(stderr, "error: {e}");
+                1
+            }
+        },
         Command::CompileModel {
             checkpoint,
             target,
@@ -268,6 +299,51 @@ pub fn run(
             stderr,
         ),
     }
+}
+
+fn bench_cmd(
+    manifest: &Path,
+    device: &str,
+    m: u32,
+    warmup: usize,
+    iters: usize,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    if device != "hip" {
+        return Err(format!(
+            "nibble bench times kernels on a GPU: --device hip (got `{device}`)"
+        ));
+    }
+    let bundle = crate::run::Bundle::load(manifest).map_err(|e| e.to_string())?;
+    let man = &bundle.manifest;
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let code = std::fs::read(dir.join(&man.code_object))
+        .map_err(|e| format!("{}: {e}", dir.join(&man.code_object).display()))?;
+    let inputs = crate::run::random_inputs(man, m, 1).map_err(|e| e.to_string())?;
+    let out = crate::run::run_hip(&bundle, &code, &inputs, 0, warmup, iters)
+        .map_err(|e| e.to_string())?;
+    let mut t = out.times_ms.clone();
+    t.sort_by(f32::total_cmp);
+    let median_us = f64::from(t[t.len() / 2]) * 1e3;
+    let (n, k) = (f64::from(man.shapes.n), f64::from(man.shapes.k));
+    let weight_bytes = n * k / 2.0 + n * k / f64::from(man.format.group) * 4.0;
+    let flops = 2.0 * f64::from(m) * n * k;
+    let arch = Arch::from_name(&man.arch).map(|a| a.info());
+    let _ = writeln!(
+        stdout,
+        "{} on {} (M={m} N={n} K={k}): median {median_us:.1} us of {} runs, weights {:.2} TB/s, {:.1} TFLOP/s{}",
+        man.kernel,
+        out.device_arch,
+        t.len(),
+        weight_bytes / (median_us * 1e-6) / 1e12,
+        flops / (median_us * 1e-6) / 1e12,
+        arch.map_or(String::new(), |a| format!(
+            "; HBM roofline {:.1} us at {} TB/s",
+            weight_bytes / (a.hbm_tb_s * 1e12) * 1e6,
+            a.hbm_tb_s
+        ))
+    );
+    Ok(())
 }
 
 fn compile_model_cmd(
@@ -710,16 +786,16 @@ fn run_kernel(args: &RunArgs<'_>, stdout: &mut dyn Write, stderr: &mut dyn Write
 /// Runs `nibble run`; `Err` is the one-line error to print. Everything is checked before the kernel runs, and `y`
 /// is written (atomically) before the reference comparison is reported.
 fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, String> {
-    use nibble_runtime::numerics::compare::{compare, decode};
     use nibble_runtime::numerics::reference::dequant_weight;
     use nibble_runtime::numerics::DType;
 
     match args.device {
-        "interpret" => {}
-        "hip" | "cuda" | "rocm" | "gpu" => {
+        "interpret" | "hip" => {}
+        "cuda" | "rocm" | "gpu" => {
             return Err(format!(
-                "device {} is not available in this build: no HIP device found",
-                args.device
+                "device {} is not available in this build (devices: {})",
+                args.device,
+                DEVICES.join(", ")
             ))
         }
         other => {
@@ -814,6 +890,24 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
     } else {
         None
     };
+    if args.device == "hip" {
+        // The GPU path: same validation and repacking, then the code object on the first HIP device.
+        let code = std::fs::read(dir.join(&m.code_object))
+            .map_err(|e| format!("{}: {e}", dir.join(&m.code_object).display()))?;
+        let out =
+            crate::run::run_hip(&bundle, &code, &inputs, 0, 1, 1).map_err(|e| e.to_string())?;
+        let _ = writeln!(
+            stdout,
+            "ran {} ({}) on HIP device {}: M={rows} N={n} K={k}, {:.1} us",
+            m.kernel,
+            m.arch,
+            out.device_arch,
+            out.times_ms.first().copied().unwrap_or(0.0) * 1e3
+        );
+        return finish_run(
+            args, stdout, &out.y, rows, n, k, y_dtype, x_dtype, m, &inputs, w_deq,
+        );
+    }
     let start = std::time::Instant::now();
     let out = crate::run::run_interpreted(&bundle, &inputs, &Default::default())
         .map_err(|e| e.to_string())?;
@@ -838,13 +932,36 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
             );
         }
     }
+    finish_run(
+        args, stdout, &out.y, rows, n, k, y_dtype, x_dtype, m, &inputs, w_deq,
+    )
+}
+
+/// Writes `y` (if asked) and checks it against the reference (if computed): the part of `nibble run` shared by
+/// every device.
+#[allow(clippy::too_many_arguments)]
+fn finish_run(
+    args: &RunArgs<'_>,
+    stdout: &mut dyn Write,
+    y: &[u16],
+    rows: usize,
+    n: usize,
+    k: usize,
+    y_dtype: nibble_runtime::numerics::DType,
+    x_dtype: nibble_runtime::numerics::DType,
+    m: &nibble_runtime::manifest::Manifest,
+    inputs: &crate::run::LayerInputs,
+    w_deq: Option<Vec<f32>>,
+) -> Result<i32, String> {
+    use nibble_runtime::numerics::compare::{compare, decode};
+    use nibble_runtime::numerics::DType;
     if let Some(output) = args.output {
         let y_st = tensors::half_dtype(y_dtype.name()).ok_or("y dtype is not bf16 or f16")?;
         tensors::write_atomic(
             output,
             &[(
                 "y".to_string(),
-                tensors::OwnedTensor::u16s(y_st, vec![rows, n], &out.y),
+                tensors::OwnedTensor::u16s(y_st, vec![rows, n], y),
             )],
         )
         .map_err(|e| e.to_string())?;
@@ -867,7 +984,7 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
         _ => None,
     };
     let c = compare(
-        &out.y,
+        y,
         y_dtype,
         &x,
         &w_deq,

@@ -357,3 +357,118 @@ pub fn random_inputs(m: &Manifest, rows: u32, seed: u64) -> Result<LayerInputs, 
         bias,
     })
 }
+
+// ---- HIP execution (written against the real HIP API; not run on an AMD GPU) ----
+
+/// What a HIP run produced.
+pub struct HipOutput {
+    pub y: Vec<u16>,
+    /// Kernel times of the timed runs, in milliseconds (HIP events around each launch).
+    pub times_ms: Vec<f32>,
+    /// The device's arch, as HIP reports it.
+    pub device_arch: String,
+}
+
+#[derive(Debug, Error)]
+pub enum HipRunError {
+    #[error(transparent)]
+    Hip(#[from] nibble_runtime::hip::HipError),
+    #[error(transparent)]
+    Launch(#[from] nibble_runtime::launch::LaunchError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+fn halves(h: &Half16) -> Vec<half::bf16> {
+    h.bits.iter().map(|b| half::bf16::from_bits(*b)).collect()
+}
+
+fn halves_f16(h: &Half16) -> Vec<half::f16> {
+    h.bits.iter().map(|b| half::f16::from_bits(*b)).collect()
+}
+
+/// Runs the bundle's code object on HIP device `device` for the given inputs: `warmup` untimed launches, then
+/// `timed` launches each bracketed by events. Every input is validated and repacked before the device is touched;
+/// the device's arch is checked against the manifest before the code object is loaded. Not run on hardware.
+pub fn run_hip(
+    bundle: &Bundle,
+    code_object: &[u8],
+    inp: &LayerInputs,
+    device: usize,
+    warmup: usize,
+    timed: usize,
+) -> Result<HipOutput, HipRunError> {
+    use nibble_runtime::hip::{Device, DeviceBuffer};
+    use nibble_runtime::launch::{ArgValue, Kernel};
+    let m = &bundle.manifest;
+    validate(m, inp)?;
+    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
+    let words = repack::repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let scales = repack::repack_scales(&m.scale_layout, &m.format, &inp.scales, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+
+    let dev = Device::open(device)?;
+    let kernel = Kernel::load(&dev, m, code_object)?;
+    let stream = dev.stream()?;
+    // Activations, bias and output in their manifest element type (bf16 or f16).
+    enum Buf {
+        Bf16(DeviceBuffer<half::bf16>),
+        F16(DeviceBuffer<half::f16>),
+    }
+    let up = |h: &Half16| -> Result<Buf, nibble_runtime::hip::HipError> {
+        Ok(if h.dtype == "f16" {
+            Buf::F16(dev.upload(&halves_f16(h))?)
+        } else {
+            Buf::Bf16(dev.upload(&halves(h))?)
+        })
+    };
+    fn arg(b: &Buf) -> nibble_runtime::launch::BufferArg<'_> {
+        match b {
+            Buf::Bf16(d) => d.as_arg(),
+            Buf::F16(d) => d.as_arg(),
+        }
+    }
+    let x = up(&inp.x)?;
+    let bias = inp.bias.as_ref().map(&up).transpose()?;
+    let y = up(&Half16 {
+        dtype: m.shapes.y_dtype.clone(),
+        bits: vec![0; inp.m as usize * n],
+    })?;
+    let w = dev.upload(&words)?;
+    let s = dev.upload(&scales)?;
+    let mut values = vec![
+        (ArgRole::X, ArgValue::Buffer(arg(&x))),
+        (ArgRole::Weight, ArgValue::Buffer(w.as_arg())),
+        (ArgRole::Scales, ArgValue::Buffer(s.as_arg())),
+        (ArgRole::Y, ArgValue::Buffer(arg(&y))),
+    ];
+    if let Some(b) = &bias {
+        values.push((ArgRole::Bias, ArgValue::Buffer(arg(b))));
+    }
+    if let Some(t) = inp.tensor_scale {
+        values.push((ArgRole::TensorScale, ArgValue::F32(t)));
+    }
+    for _ in 0..warmup {
+        kernel.launch(&stream, inp.m, &values)?;
+    }
+    let mut times_ms = vec![];
+    for _ in 0..timed.max(1) {
+        let (start, end) = (dev.event()?, dev.event()?);
+        start.record(&stream)?;
+        kernel.launch(&stream, inp.m, &values)?;
+        end.record(&stream)?;
+        end.synchronize()?;
+        times_ms.push(start.elapsed_ms(&end)?);
+    }
+    stream.synchronize()?;
+    let y = match &y {
+        Buf::Bf16(d) => d.to_vec()?.into_iter().map(|v| v.to_bits()).collect(),
+        Buf::F16(d) => d.to_vec()?.into_iter().map(|v| v.to_bits()).collect(),
+    };
+    Ok(HipOutput {
+        y,
+        times_ms,
+        device_arch: dev.arch().to_string(),
+    })
+}
