@@ -492,7 +492,7 @@ fn plan_cmd(
                 Schedule::Auto => costmodel::rank(k, arch, m, measure),
                 Schedule::Manual(t) => {
                     let measured = if measure {
-                        costmodel_measure(k, arch, *t)
+                        costmodel::measure_tiling(k, arch, *t)
                     } else {
                         None
                     };
@@ -528,19 +528,6 @@ fn plan_cmd(
         }
     }
     0
-}
-
-fn costmodel_measure(
-    k: &crate::spec::KernelSpec,
-    arch: Arch,
-    t: crate::spec::Tiling,
-) -> Option<(f64, u32)> {
-    let mut s = k.clone();
-    s.schedule = crate::spec::Schedule::Manual(t);
-    let out = driver::compile_kernel(&s, arch, &Default::default()).ok()?;
-    let r = crate::inspect::inspect(&out.hsaco, Some(out.plan.elements_per_lane_iter)).ok()?;
-    let k = r.kernels.first()?;
-    Some((k.valu_per_weight_element?, k.vgprs))
 }
 
 /// Files named on the command line, with directories replaced by their `.nib` files (sorted, not recursive).

@@ -216,7 +216,9 @@ fn key(t: &Tiling) -> (u32, u32, u32, u32, bool) {
     )
 }
 
-fn measure_tiling(spec: &KernelSpec, arch: Arch, t: Tiling) -> Option<(f64, u32)> {
+/// Compiles `spec` with tiling `t` and inspects it: (VALU per weight element, VGPRs), or `None` if it does not
+/// compile.
+pub fn measure_tiling(spec: &KernelSpec, arch: Arch, t: Tiling) -> Option<(f64, u32)> {
     let mut s = spec.clone();
     s.schedule = Schedule::Manual(t);
     let out = crate::driver::compile_kernel(&s, arch, &Default::default()).ok()?;

@@ -188,6 +188,21 @@ pub fn validate(m: &Manifest, inp: &LayerInputs) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Validates the inputs against the manifest, then repacks weights and scales into the manifest's layouts (the
+/// runtime's repacker): everything every device path does before touching a device.
+pub fn validate_and_repack(
+    m: &Manifest,
+    inp: &LayerInputs,
+) -> Result<(Vec<u32>, Vec<f32>), RunError> {
+    validate(m, inp)?;
+    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
+    let words = repack::repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let scales = repack::repack_scales(&m.scale_layout, &m.format, &inp.scales, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+    Ok((words, scales))
+}
+
 fn le16(v: &[u16]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
@@ -199,12 +214,8 @@ pub fn run_interpreted(
     options: &LaunchOptions,
 ) -> Result<RunOutput, RunError> {
     let m = &bundle.manifest;
-    validate(m, inp)?;
-    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
-    let words = repack::repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k)
-        .map_err(|e| RunError::Repack(e.to_string()))?;
-    let scales = repack::repack_scales(&m.scale_layout, &m.format, &inp.scales, n, k)
-        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let (words, scales) = validate_and_repack(m, inp)?;
+    let n = m.shapes.n as usize;
     let module =
         Module::parse(ir::context(), &bundle.kernel_ir).ok_or_else(|| RunError::KernelIr {
             path: bundle.manifest.kernel_ir.clone(),
@@ -401,12 +412,8 @@ pub fn run_hip(
     use nibble_runtime::hip::{Device, DeviceBuffer};
     use nibble_runtime::launch::{ArgValue, Kernel};
     let m = &bundle.manifest;
-    validate(m, inp)?;
-    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
-    let words = repack::repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k)
-        .map_err(|e| RunError::Repack(e.to_string()))?;
-    let scales = repack::repack_scales(&m.scale_layout, &m.format, &inp.scales, n, k)
-        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let (words, scales) = validate_and_repack(m, inp)?;
+    let n = m.shapes.n as usize;
 
     let dev = Device::open(device)?;
     let kernel = Kernel::load(&dev, m, code_object)?;

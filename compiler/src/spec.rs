@@ -92,9 +92,8 @@ impl MmaAtom {
 }
 
 /// An explicit tiling, as written with `tile`/`waves`/`mma`/`stages`.
-/// Invariants (checked): tile_m % (waves_m * mma.m) == 0, tile_n % (waves_n * mma.n) == 0,
-/// tile_k % format.group == 0 or format.group % tile_k == 0 as the checker documents, N % tile_n == 0, K % tile_k == 0,
-/// LDS and register estimates within the arch budget.
+/// Invariants (checked): tile_m % (waves_m * mma.m) == 0, tile_n % (waves_n * mma.n) == 0, tile_k % 128 == 0 (so
+/// every group size divides it), N % tile_n == 0, K % tile_k == 0, LDS and register estimates within the arch budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Tiling {
     pub tile_m: u32,
