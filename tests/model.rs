@@ -179,6 +179,16 @@ fn compile_model_builds_a_bundle_the_runtime_loads_and_runs() {
 
     // The runtime validates the whole bundle (manifests, code objects, symbols, kernel IR) and selects by M.
     let bundle = KernelBundle::load(&out).expect("the bundle loads");
+    // The kernarg buffer the HIP path builds from each manifest matches the compiled kernel's `.args` metadata.
+    for k in bundle.kernels() {
+        let code =
+            nibble_runtime::codeobj::parse(&k.code_object().expect("reads")).expect("parses");
+        let layout =
+            nibble_runtime::launch::KernargLayout::from_manifest(&k.manifest).expect("layout");
+        layout
+            .check_code_object(&code)
+            .expect("kernarg layout agrees with the code object");
+    }
     let ckpt = Checkpoint::open(&ckpt_dir).expect("the checkpoint opens");
     assert_eq!(ckpt.format(), QuantScheme::Mxfp4);
     let small = bundle
