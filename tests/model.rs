@@ -179,6 +179,21 @@ fn compile_model_builds_a_bundle_the_runtime_loads_and_runs() {
 
     // The runtime validates the whole bundle (manifests, code objects, symbols, kernel IR) and selects by M.
     let bundle = KernelBundle::load(&out).expect("the bundle loads");
+    // A code object from another compilation under this manifest is refused: swap in a different source hash.
+    let any = bundle
+        .kernels()
+        .next()
+        .expect("a kernel")
+        .manifest_path
+        .clone();
+    let original = std::fs::read_to_string(&any).expect("manifest");
+    let mut tampered: serde_json::Value = serde_json::from_str(&original).expect("json");
+    tampered["source_hash"] = "0".repeat(64).into();
+    std::fs::write(&any, tampered.to_string()).expect("tamper");
+    let err = KernelBundle::load(&out).err().expect("refused").to_string();
+    assert!(err.contains("compiled from another source"), "{err}");
+    std::fs::write(&any, original).expect("restore");
+    let bundle = KernelBundle::load(&out).expect("loads again");
     // The kernarg buffer the HIP path builds from each manifest matches the compiled kernel's `.args` metadata.
     for k in bundle.kernels() {
         let code =

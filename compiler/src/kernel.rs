@@ -38,6 +38,7 @@ pub fn build(plan: &Plan) -> Result<Module<'static>, IrError> {
     let gpu_block = ir::emit::detach(gpu_region.append_block(Block::new(&[])));
     let inner = top.at(gpu_block);
     dequant::build_reference_fn(&inner, plan)?;
+    source_hash_global(&inner, plan)?;
     build_kernel(&inner, plan)?;
 
     let gpu_module = OperationBuilder::new("gpu.module", loc)
@@ -54,6 +55,44 @@ pub fn build(plan: &Plan) -> Result<Module<'static>, IrError> {
         return Err(IrError::Verify { stage: "gpu" });
     }
     Ok(module)
+}
+
+/// Symbol of the constant that carries the kernel's source hash into the code object, so a runtime can tell that a
+/// code object and a manifest belong together.
+pub use nibble_runtime::bundle::SOURCE_HASH_SYMBOL;
+
+fn source_hash_global<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+    let ctx = e.ctx;
+    let bytes = p.source_hash.len();
+    let ty = Type::parse(ctx, &format!("!llvm.array<{bytes} x i8>"))
+        .ok_or_else(|| ir::emit::build_err("llvm.mlir.global", "array type"))?;
+    let i32t = e.int(32);
+    let i64t = e.int(64);
+    let op = OperationBuilder::new("llvm.mlir.global", e.loc)
+        .add_attributes(&[
+            (e.ident("addr_space"), IntegerAttribute::new(i32t, 0).into()),
+            (e.ident("constant"), melior::ir::Attribute::unit(ctx)),
+            (
+                e.ident("global_type"),
+                melior::ir::attribute::TypeAttribute::new(ty).into(),
+            ),
+            (e.ident("linkage"), e.attr("#llvm.linkage<external>")?),
+            (e.ident("sym_name"), e.string(SOURCE_HASH_SYMBOL)),
+            (
+                e.ident("unnamed_addr"),
+                IntegerAttribute::new(i64t, 0).into(),
+            ),
+            (e.ident("value"), e.string(&p.source_hash)),
+            (
+                e.ident("visibility_"),
+                IntegerAttribute::new(i64t, 0).into(),
+            ),
+        ])
+        .add_regions([Region::new()])
+        .build()
+        .map_err(|err| ir::emit::build_err("llvm.mlir.global", err))?;
+    e.append(op);
+    Ok(())
 }
 
 struct Args<'c, 'b> {

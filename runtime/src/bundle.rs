@@ -7,7 +7,8 @@
 //! - `code_object` and `kernel_ir` are plain file names in the directory, and both files exist;
 //! - the code object parses ([`crate::codeobj::parse_for_arch`]) for the manifest's arch, has kernel metadata for
 //!   the manifest's `symbol`, the function symbol itself and its descriptor `<symbol>.kd`, a kernarg segment at
-//!   least `kernarg_bytes` long, and accepts workgroups of the manifest's block size.
+//!   least `kernarg_bytes` long, and accepts workgroups of the manifest's block size;
+//! - the source hash nibble embeds in the code object (symbol `nibble_source_hash`) equals the manifest's.
 //!
 //! Kernels are grouped by layer shape `(N, K, format, arch)`, the format judged by its semantics
 //! ([`QuantScheme::of_format`]); kernels of formats no checkpoint scheme matches are loaded and checked but never
@@ -27,6 +28,9 @@ use thiserror::Error;
 use crate::checkpoint::QuantScheme;
 use crate::codeobj::{self, CodeObjectError};
 use crate::manifest::{Manifest, ManifestError};
+
+/// The symbol under which nibble's compiler stores the kernel's source hash in the code object.
+pub const SOURCE_HASH_SYMBOL: &str = "nibble_source_hash";
 
 #[derive(Debug, Error)]
 pub enum BundleError {
@@ -238,6 +242,17 @@ fn check_kernel(
             "kernel `{}` accepts workgroups of at most {} lanes, the manifest launches {threads}",
             m.symbol, meta.max_flat_workgroup_size
         ))));
+    }
+    // nibble embeds the kernel's source hash in the code object: a code object from another compilation next to this
+    // manifest (a stale or swapped file) is refused. Code objects without the symbol (not made by nibble) pass.
+    if let Some(hash) = codeobj::symbol_bytes(&bytes, SOURCE_HASH_SYMBOL).map_err(co_err)? {
+        if hash != m.source_hash.as_bytes() {
+            return Err(co_err(CodeObjectError::Metadata(format!(
+                "the code object was compiled from another source (source hash {}) than the manifest says ({})",
+                String::from_utf8_lossy(&hash),
+                m.source_hash
+            ))));
+        }
     }
     let scheme = QuantScheme::of_format(&m.format);
     Ok(BundleKernel {
