@@ -739,6 +739,46 @@ fn parse_arg(kernel: &str, index: usize, v: &Value) -> Result<ArgMeta, CodeObjec
     })
 }
 
+/// The bytes of a defined data symbol of a code object (`None` when there is no such symbol), e.g. the
+/// `nibble_source_hash` constant nibble embeds so that a code object can be matched with its manifest.
+pub fn symbol_bytes(bytes: &[u8], name: &str) -> Result<Option<Vec<u8>>, CodeObjectError> {
+    // Validates the whole object first, so the section walk below only sees well-formed ELF.
+    parse(bytes)?;
+    let endian = LittleEndian;
+    let header = Header::parse(bytes).map_err(malformed)?;
+    let sections = header.sections(endian, bytes).map_err(malformed)?;
+    let symbols = sections
+        .symbols(endian, bytes, elf::SHT_SYMTAB)
+        .map_err(malformed)?;
+    for (i, sym) in symbols.iter().enumerate() {
+        if symbols.symbol_name(endian, sym).map_err(malformed)? != name.as_bytes() {
+            continue;
+        }
+        let Some(index) = symbols
+            .symbol_section(endian, sym, object::SymbolIndex(i))
+            .map_err(malformed)?
+        else {
+            return Ok(None);
+        };
+        let section = sections.section(index).map_err(malformed)?;
+        let data = section.data(endian, bytes).map_err(malformed)?;
+        let start = sym
+            .st_value(endian)
+            .checked_sub(section.sh_addr(endian))
+            .ok_or_else(|| {
+                CodeObjectError::Metadata(format!("symbol {name} lies before its section"))
+            })?;
+        let end = start.saturating_add(sym.st_size(endian));
+        return match data.get(start as usize..end as usize) {
+            Some(d) => Ok(Some(d.to_vec())),
+            None => Err(CodeObjectError::Metadata(format!(
+                "symbol {name} lies outside its section"
+            ))),
+        };
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1103,44 +1143,4 @@ mod tests {
             let _ = parse(&b);
         }
     }
-}
-
-/// The bytes of a defined data symbol of a code object (`None` when there is no such symbol), e.g. the
-/// `nibble_source_hash` constant nibble embeds so that a code object can be matched with its manifest.
-pub fn symbol_bytes(bytes: &[u8], name: &str) -> Result<Option<Vec<u8>>, CodeObjectError> {
-    // Validates the whole object first, so the section walk below only sees well-formed ELF.
-    parse(bytes)?;
-    let endian = LittleEndian;
-    let header = Header::parse(bytes).map_err(malformed)?;
-    let sections = header.sections(endian, bytes).map_err(malformed)?;
-    let symbols = sections
-        .symbols(endian, bytes, elf::SHT_SYMTAB)
-        .map_err(malformed)?;
-    for (i, sym) in symbols.iter().enumerate() {
-        if symbols.symbol_name(endian, sym).map_err(malformed)? != name.as_bytes() {
-            continue;
-        }
-        let Some(index) = symbols
-            .symbol_section(endian, sym, object::SymbolIndex(i))
-            .map_err(malformed)?
-        else {
-            return Ok(None);
-        };
-        let section = sections.section(index).map_err(malformed)?;
-        let data = section.data(endian, bytes).map_err(malformed)?;
-        let start = sym
-            .st_value(endian)
-            .checked_sub(section.sh_addr(endian))
-            .ok_or_else(|| {
-                CodeObjectError::Metadata(format!("symbol {name} lies before its section"))
-            })?;
-        let end = start.checked_add(sym.st_size(endian)).unwrap_or(u64::MAX);
-        return match data.get(start as usize..end as usize) {
-            Some(d) => Ok(Some(d.to_vec())),
-            None => Err(CodeObjectError::Metadata(format!(
-                "symbol {name} lies outside its section"
-            ))),
-        };
-    }
-    Ok(None)
 }
