@@ -190,7 +190,10 @@ fn compile_model_builds_a_bundle_the_runtime_loads_and_runs() {
     let mut tampered: serde_json::Value = serde_json::from_str(&original).expect("json");
     tampered["source_hash"] = "0".repeat(64).into();
     std::fs::write(&any, tampered.to_string()).expect("tamper");
-    let err = KernelBundle::load(&out).err().expect("refused").to_string();
+    let Err(err) = KernelBundle::load(&out) else {
+        panic!("a manifest with another source hash must be refused");
+    };
+    let err = err.to_string();
     assert!(err.contains("compiled from another source"), "{err}");
     std::fs::write(&any, original).expect("restore");
     let bundle = KernelBundle::load(&out).expect("loads again");
