@@ -851,3 +851,19 @@ fn hip_device_paths_fail_with_one_line_without_a_gpu() {
         assert!(r.stderr.contains("no HIP device found"), "{}", r.stderr);
     }
 }
+
+#[test]
+fn tune_needs_a_gpu_and_says_so_in_one_line() {
+    let r = nibble(&[
+        "tune",
+        "dsl-examples/auto.nib",
+        "--target",
+        "gfx942",
+        "-o",
+        "/nonexistent-tune-out",
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no HIP device found"), "{}", r.stderr);
+    assert!(!std::path::Path::new("/nonexistent-tune-out").exists());
+}

@@ -82,6 +82,27 @@ pub enum Command {
         #[arg(long, default_value_t = 20)]
         iters: usize,
     },
+    /// Measure the cost model's best candidate tilings of each `schedule auto` kernel on a GPU and compile the
+    /// fastest into DIR (its manifest records the chosen tiling).
+    Tune {
+        /// The .nib file.
+        file: PathBuf,
+        /// Where to measure: `hip`.
+        #[arg(long, default_value = "hip", value_name = "DEVICE")]
+        device: String,
+        /// Target arch (must be the device's).
+        #[arg(long, value_parser = parse_arch, value_name = "ARCH")]
+        target: Arch,
+        /// The M (tokens) to tune for.
+        #[arg(long, default_value_t = crate::costmodel::AUTO_M)]
+        m: u32,
+        /// How many of the cost model's best candidates to measure.
+        #[arg(long, default_value_t = 6)]
+        top: usize,
+        /// Output directory.
+        #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
+        out_dir: PathBuf,
+    },
     /// Predict kernel time with the cost model; with --explain, list the candidate tilings `schedule auto` weighs.
     Plan {
         /// The .nib file.
@@ -239,6 +260,33 @@ pub fn run(
                 1
             }
         },
+        Command::Tune {
+            file,
+            device,
+            target,
+            m,
+            top,
+            out_dir,
+        } => {
+            let Some(checked) = front_end(&file, stderr) else {
+                return 1;
+            };
+            match tune_cmd(
+                &checked,
+                &device,
+                target,
+                m.max(1),
+                top.max(1),
+                &out_dir,
+                stdout,
+            ) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(stderr, "error: {e}");
+                    1
+                }
+            }
+        }
         Command::CompileModel {
             checkpoint,
             target,
@@ -343,6 +391,92 @@ fn bench_cmd(
             a.hbm_tb_s
         ))
     );
+    Ok(())
+}
+
+/// `nibble tune`: the device is opened first, so a machine without a GPU fails before any compilation.
+fn tune_cmd(
+    checked: &CheckedFile,
+    device: &str,
+    arch: Arch,
+    m: u32,
+    top: usize,
+    out_dir: &Path,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    use crate::spec::Schedule;
+    if device != "hip" {
+        return Err(format!(
+            "nibble tune measures on a GPU: --device hip (got `{device}`)"
+        ));
+    }
+    let dev = nibble_runtime::hip::Device::open(0).map_err(|e| e.to_string())?;
+    let device_arch = nibble_runtime::hip::arch_base(dev.arch());
+    if device_arch != arch.name() {
+        return Err(format!(
+            "the HIP device is {} but --target is {}: tune on a device of the target arch",
+            dev.arch(),
+            arch.name()
+        ));
+    }
+    drop(dev);
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    for k in &checked.kernels {
+        if !matches!(k.schedule, Schedule::Auto) {
+            let _ = writeln!(stdout, "{}: has an explicit tiling, not tuned", k.name);
+            continue;
+        }
+        let mut best: Option<(f64, crate::spec::Tiling)> = None;
+        for p in crate::costmodel::rank(k, arch, m, false)
+            .into_iter()
+            .take(top)
+        {
+            let mut spec = k.clone();
+            spec.schedule = Schedule::Manual(p.tiling);
+            let out = driver::compile_kernel(&spec, arch, &Default::default())
+                .map_err(|e| e.to_string())?;
+            let bundle = crate::run::Bundle {
+                manifest_path: "tune".into(),
+                manifest: out.manifest,
+                kernel_ir: out.kernel_ir,
+            };
+            let inputs =
+                crate::run::random_inputs(&bundle.manifest, m, 1).map_err(|e| e.to_string())?;
+            let run = crate::run::run_hip(&bundle, &out.hsaco, &inputs, 0, 3, 10)
+                .map_err(|e| e.to_string())?;
+            let mut t = run.times_ms;
+            t.sort_by(f32::total_cmp);
+            let us = f64::from(t[t.len() / 2]) * 1e3;
+            let _ = writeln!(
+                stdout,
+                "{}: {}x{}x{} waves {}x{} {}: predicted {:.1} us, measured {us:.1} us",
+                k.name,
+                p.tiling.tile_m,
+                p.tiling.tile_n,
+                p.tiling.tile_k,
+                p.tiling.waves_m,
+                p.tiling.waves_n,
+                p.tiling.mma.name(),
+                p.predicted_us
+            );
+            if best.is_none_or(|(b, _)| us < b) {
+                best = Some((us, p.tiling));
+            }
+        }
+        let Some((us, tiling)) = best else {
+            continue;
+        };
+        let mut spec = k.clone();
+        spec.schedule = Schedule::Manual(tiling);
+        let w = driver::compile_one_to_dir(&spec, arch, out_dir, &Default::default(), None)
+            .map_err(|e| e.to_string())?;
+        let _ = writeln!(
+            stdout,
+            "{}: fastest {us:.1} us, written to {}",
+            k.name,
+            w.hsaco.display()
+        );
+    }
     Ok(())
 }
 
