@@ -7,5 +7,6 @@ pub mod codeobj;
 pub mod hip;
 pub mod launch;
 pub mod linear;
+pub mod linear_hip;
 pub mod manifest;
 pub mod numerics;

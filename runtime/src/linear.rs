@@ -57,6 +57,8 @@ pub enum LinearError {
     },
     #[error("layer `{layer}`: {what}")]
     Input { layer: String, what: String },
+    #[error("layer `{layer}`: {message}")]
+    Backend { layer: String, message: String },
     #[error("layer `{layer}`: no kernel accepts M={m} (M ranges: {ranges})")]
     NoKernelForM {
         layer: String,
