@@ -477,6 +477,22 @@ fn kernel_with_lds_exchange() {
 }
 
 #[test]
+fn amdgpu_lds_barrier_orders_lds_like_gpu_barrier() {
+    let m = parse(&EXCHANGE.replace("BARRIER", "amdgpu.lds_barrier"));
+    let input: Vec<i32> = (0..128).collect();
+    let mut args = vec![
+        KernelArg::Buffer(i32_bytes(&input)),
+        KernelArg::Buffer(vec![0; 512]),
+        KernelArg::I32(2),
+    ];
+    let stats = interp::launch(&m, "exchange", [2, 1, 1], [64, 1, 1], &mut args)
+        .expect("no race across the barrier");
+    assert_eq!(stats.barriers, 2);
+    let out = bytes_i32(buffer(&args, 1));
+    assert_eq!(out[0], input[63] * 2 + 63 + 1000);
+}
+
+#[test]
 fn lds_read_without_barrier_is_a_race() {
     let m = parse(&EXCHANGE.replace("BARRIER", ""));
     let mut args = vec![

@@ -1267,7 +1267,8 @@ impl<'c, 'a> Compiler<'c, 'a> {
                 };
                 Ok(Kind::Id { dst, which, dim })
             }
-            "gpu.barrier" => Ok(Kind::Barrier),
+            // `amdgpu.lds_barrier` waits for LDS traffic and the workgroup barrier: the same synchronization here.
+            "gpu.barrier" | "amdgpu.lds_barrier" => Ok(Kind::Barrier),
             "scf.for" => {
                 if ops.len() < 3 {
                     return Err(malformed(name, "bounds"));
