@@ -159,6 +159,20 @@ impl HipBackend {
     }
 }
 
+impl crate::linear::QuantLinear<HipBackend> {
+    /// `y = layer(x)` on device tensors (`x` `[M, K]`, `y` `[M, N]` in the layer's dtypes); see
+    /// [`HipBackend::forward_device`].
+    pub fn forward_device(
+        &self,
+        x: &Half16Device,
+        y: &Half16Device,
+        m: usize,
+    ) -> Result<(), LinearError> {
+        self.backend()
+            .forward_device(self.layer(), self.backend_state(), x, y, m)
+    }
+}
+
 impl Backend for HipBackend {
     type Layer = HipLayer;
 
