@@ -426,3 +426,38 @@ fn broken_layouts_nibble_orders_and_scales_are_detected() {
         }
     }
 }
+
+/// gfx90a's MFMA flushes denormal inputs (docs/NUMERICS.md): weights below 2^-126 (E8M0 scale code 0 times an
+/// element of at most 1) become zero there, while gfx942 keeps them. The interpreter models both.
+#[test]
+fn gfx90a_flushes_denormal_weights_and_gfx942_keeps_them() {
+    let mut rng = Rng(0xDE40);
+    for (arch, flushes) in [(Arch::Gfx942, false), (Arch::Gfx90a, true)] {
+        let spec = kernel(Fmt::Mxfp4, MmaAtom::M16N16K16, 64, 256, DType::Bf16, false);
+        let b = bundle(&spec, arch);
+        let mut inp = inputs(&spec, 16, Data::Quantized, &mut rng);
+        // Every scale 2^-127 and every element code 1 (0.5): weights 2^-128, bf16 denormals.
+        inp.scales = ScaleData::Bytes(vec![0; 64 * 256 / 32]);
+        inp.weight = vec![0x11; 64 * 256 / 2];
+        let y = run_interpreted(&b, &inp, &LaunchOptions::default())
+            .expect("runs")
+            .y;
+        let zeros = y.iter().filter(|v| **v & 0x7fff == 0).count();
+        if flushes {
+            assert_eq!(
+                zeros,
+                y.len(),
+                "{}: denormal weights must be flushed",
+                arch.name()
+            );
+        } else {
+            assert!(
+                zeros < y.len() / 2,
+                "{}: denormal weights must be kept",
+                arch.name()
+            );
+            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
+            assert_eq!(c.violations, 0, "{c:?}");
+        }
+    }
+}

@@ -242,7 +242,19 @@ pub fn run_interpreted(
         });
     }
     let grid = m.launch.grid_for(inp.m);
-    let stats = interp::launch_with(&module, &m.symbol, grid, m.launch.block, &mut args, options)?;
+    // The MFMA denormal behaviour is the target arch's, whatever the caller's options say.
+    let options = LaunchOptions {
+        mfma_flushes_denormals: m.arch == "gfx90a",
+        ..options.clone()
+    };
+    let stats = interp::launch_with(
+        &module,
+        &m.symbol,
+        grid,
+        m.launch.block,
+        &mut args,
+        &options,
+    )?;
     let y_index = m
         .args
         .iter()

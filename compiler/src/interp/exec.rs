@@ -68,6 +68,8 @@ pub(crate) struct Machine<'p, 'b> {
     scratch: Vec<u8>,
     /// See `LaunchOptions::fault_mfma_b_layout`.
     pub fault_mfma_b_layout: bool,
+    /// See `LaunchOptions::mfma_flushes_denormals`.
+    pub mfma_flushes_denormals: bool,
 }
 
 /// Where a block's execution ended.
@@ -99,6 +101,7 @@ impl<'p, 'b> Machine<'p, 'b> {
             depth: 0,
             scratch: vec![],
             fault_mfma_b_layout: false,
+            mfma_flushes_denormals: false,
         }
     }
 
@@ -971,6 +974,16 @@ impl<'p, 'b> Machine<'p, 'b> {
         Ok(())
     }
 
+    /// An MFMA input or result as the unit sees it: on gfx90a, denormals (below 2^-126 in magnitude) are flushed to
+    /// zero of the same sign.
+    fn mfma_in(&self, v: f32) -> f32 {
+        if self.mfma_flushes_denormals && v != 0.0 && v.abs() < f32::MIN_POSITIVE {
+            0.0f32.copysign(v)
+        } else {
+            v
+        }
+    }
+
     /// `D = A * B + C` for every wave with active lanes; all 64 lanes of such a wave must be active.
     /// Accumulation order: for each output, `acc = C; for k in 0..K { acc = acc + A[i][k] * B[k][j] }`, each product
     /// and each sum rounded to f32 (products of bf16 / f16 operands are exact in f32 unless they underflow).
@@ -1015,14 +1028,14 @@ impl<'p, 'b> Machine<'p, 'b> {
                 for e in 0..kl {
                     // A: lane l, element e holds A[l % m][kl * (l / m) + e]; B: B[kl * (l / n) + e][l % n].
                     let (ai, ak) = ((ln % m) as usize, (kl * (ln / m) + e) as usize);
-                    am[ai * ku + ak] = float_value(t, regs[da + e as usize]) as f32;
+                    am[ai * ku + ak] = self.mfma_in(float_value(t, regs[da + e as usize]) as f32);
                     let group = if self.fault_mfma_b_layout {
                         (ln / n) ^ 1
                     } else {
                         ln / n
                     };
                     let (bk, bj) = ((kl * group + e) as usize, (ln % n) as usize);
-                    bm[bk * nu + bj] = float_value(t, regs[db + e as usize]) as f32;
+                    bm[bk * nu + bj] = self.mfma_in(float_value(t, regs[db + e as usize]) as f32);
                 }
             }
             for ln in 0..64u32 {
@@ -1033,7 +1046,7 @@ impl<'p, 'b> Machine<'p, 'b> {
                     for kk in 0..ku {
                         acc += am[row * ku + kk] * bm[kk * nu + col];
                     }
-                    regs[dd + r as usize] = u64::from(acc.to_bits());
+                    regs[dd + r as usize] = u64::from(self.mfma_in(acc).to_bits());
                 }
             }
             self.stats.mfma += 1;

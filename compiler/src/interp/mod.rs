@@ -15,8 +15,9 @@
 //! - Memory (see [`launch`]): fat raw buffer views are bounds-checked per dword against `validBytes`; plain memrefs
 //!   and LDS accesses out of bounds are errors; LDS accesses are race-checked between barriers.
 //! - `amdgpu.mfma` (16x16x16 and 32x32x8, bf16 / f16): layouts of `shared/reference/mfma-layouts.md`, f32
-//!   accumulation in the order k = 0..K-1 with a rounding after each multiply and add; the gfx90a denormal flush is
-//!   not modelled.
+//!   accumulation in the order k = 0..K-1 with a rounding after each multiply and add; gfx90a's flush of denormal
+//!   inputs and results is modelled when `LaunchOptions::mfma_flushes_denormals` is set (the runner sets it from the
+//!   kernel's arch).
 
 mod compile;
 mod exec;
@@ -286,6 +287,9 @@ pub struct LaunchOptions {
     /// Fault injection for negative-control tests: gather MFMA B operands with the lane groups along K swapped
     /// (lane `l` supplies `B[kl * ((l / n) ^ 1) + e]` instead of `B[kl * (l / n) + e]`). Never set otherwise.
     pub fault_mfma_b_layout: bool,
+    /// The gfx90a MFMA units flush bf16/f16 inputs and f32 results below 2^-126 to zero (mfma-layouts.md); gfx942
+    /// keeps them. Set from the kernel's arch.
+    pub mfma_flushes_denormals: bool,
 }
 
 impl Default for LaunchOptions {
@@ -293,6 +297,7 @@ impl Default for LaunchOptions {
         LaunchOptions {
             lds_fill: 0xFF,
             fault_mfma_b_layout: false,
+            mfma_flushes_denormals: false,
         }
     }
 }
@@ -471,6 +476,7 @@ pub fn launch_with(
     }
     let mut m = Machine::new(&prog, mems, grid, block, nl);
     m.fault_mfma_b_layout = options.fault_mfma_b_layout;
+    m.mfma_flushes_denormals = options.mfma_flushes_denormals;
     let lanes: Vec<u32> = (0..nl as u32).collect();
     let mut regs = vec![0u64; f.words * nl];
     for z in 0..grid[2] {
