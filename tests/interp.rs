@@ -869,9 +869,23 @@ mod real {
             KernelArg::Buffer(f32_bytes(scales)),
             KernelArg::Buffer(bf16_bytes(&bias)),
             KernelArg::Buffer(vec![0xEE; m as usize * n * 2]),
-            KernelArg::I32(m as i32),
         ];
-        let grid = [p.n / p.tiling.tile_n, m.div_ceil(p.tiling.tile_m), 1];
+        if p.split_k > 1 {
+            // Split-K workspace (any contents) and zeroed arrival counters.
+            let rows = (m.div_ceil(p.tiling.tile_m) * p.tiling.tile_m) as usize;
+            let tiles = (p.n / p.tiling.tile_n * m.div_ceil(p.tiling.tile_m)) as usize;
+            args.push(KernelArg::Buffer(vec![
+                0xEE;
+                p.split_k as usize * rows * n * 4
+            ]));
+            args.push(KernelArg::Buffer(vec![0; tiles * 4]));
+        }
+        args.push(KernelArg::I32(m as i32));
+        let grid = [
+            p.n / p.tiling.tile_n,
+            m.div_ceil(p.tiling.tile_m),
+            p.split_k,
+        ];
         let t = std::time::Instant::now();
         let stats = interp::launch(module, &p.symbol, grid, [p.threads, 1, 1], &mut args)
             .unwrap_or_else(|e| panic!("{} launch: {e}", p.symbol));
@@ -909,7 +923,11 @@ fn real_kernel_with_zero_weights_yields_the_bias() {
         // M = 5: rows 5.. of the tile read zeros through the fat buffer and their stores are dropped.
         let run = real::launch(&module, &p, 5, &vec![0; n * k / 8], &scales);
         assert_eq!(run.y, real::bias_rows(&p, 5), "{arch:?} {atom:?}");
-        assert_eq!(run.stats.barriers, 1 + u64::from(p.k_iters));
+        // Per workgroup: the prologue's, one per K iteration of its split, and two in the split-K epilogue.
+        let workgroups =
+            u64::from(p.n / p.tiling.tile_n * 5u32.div_ceil(p.tiling.tile_m) * p.split_k);
+        let per_wg = 1 + u64::from(p.iters_per_split) + if p.split_k > 1 { 2 } else { 0 };
+        assert_eq!(run.stats.barriers, workgroups * per_wg);
         assert!(run.stats.ops.contains_key("amdgpu.mfma"));
     }
 }
@@ -996,7 +1014,10 @@ fn single_stage_real_kernel_has_no_lds_race() {
     let (n, k) = (p.n as usize, p.k as usize);
     let run = real::launch(&module, &p, 16, &vec![0; n * k / 8], &vec![1.0; n * k / 32]);
     assert_eq!(run.y, real::bias_rows(&p, 16));
-    assert_eq!(run.stats.barriers, 2 * u64::from(p.k_iters));
+    // Two barriers per K iteration of each workgroup's split, plus two in the split-K epilogue.
+    let workgroups = u64::from(p.n / p.tiling.tile_n * p.split_k);
+    let per_wg = 2 * u64::from(p.iters_per_split) + if p.split_k > 1 { 2 } else { 0 };
+    assert_eq!(run.stats.barriers, workgroups * per_wg);
 }
 
 #[test]

@@ -64,9 +64,11 @@ fn mxfp4_16x16_plan_matches_hand_computation() {
         [
             GridDim::Const { value: 8 },
             GridDim::CeilDivM { divisor: 32 },
-            GridDim::Const { value: 1 }
+            // 8 N tiles leave MI300X's 304 CUs idle: K is split over all 8 K iterations.
+            GridDim::Const { value: 8 }
         ]
     );
+    assert_eq!((p.split_k, p.iters_per_split), (8, 1));
     let roles: Vec<_> = p.args.iter().map(|a| (a.role, a.offset, a.size)).collect();
     assert_eq!(
         roles,
@@ -76,7 +78,9 @@ fn mxfp4_16x16_plan_matches_hand_computation() {
             (ArgRole::Scales, 16, 8),
             (ArgRole::Bias, 24, 8),
             (ArgRole::Y, 32, 8),
-            (ArgRole::M, 40, 4)
+            (ArgRole::Workspace, 40, 8),
+            (ArgRole::Counters, 48, 8),
+            (ArgRole::M, 56, 4)
         ]
     );
     // 32 columns per wave x 256 K / 64 lanes.
@@ -140,4 +144,19 @@ fn an_arch_outside_the_targets_is_refused() {
         plan(&s, Arch::Gfx90a),
         Err(PlanError::NotATarget { .. })
     ));
+}
+
+#[test]
+fn split_k_fills_the_cus_only_for_decode_tiles_with_few_n_tiles() {
+    use nibble_compiler::plan::choose_split_k;
+    // Llama-3-70B QKV decode on MI300X: 80 N tiles of 128, 32 K iterations: 4 splits reach 320 workgroups.
+    assert_eq!(choose_split_k(80, 32, 16, Arch::Gfx942), 4);
+    // The divisor rule: 128 tiles want 3 splits, 32 iterations allow 2.
+    assert_eq!(choose_split_k(128, 32, 16, Arch::Gfx942), 2);
+    // Enough N tiles already (224 >= 152), or a prefill tile, or a single K iteration: no split.
+    assert_eq!(choose_split_k(224, 32, 16, Arch::Gfx942), 1);
+    assert_eq!(choose_split_k(8, 32, 64, Arch::Gfx942), 1);
+    assert_eq!(choose_split_k(8, 1, 16, Arch::Gfx942), 1);
+    // MI250X has 110 CUs: 80 N tiles are enough there.
+    assert_eq!(choose_split_k(80, 32, 16, Arch::Gfx90a), 1);
 }

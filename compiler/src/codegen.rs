@@ -106,8 +106,11 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
     lm.run_passes("default<O3>", &tm, PassBuilderOptions::create())
         .map_err(|e| CodegenError::Llvm(e.to_string()))?;
     let llvm_ir = lm.print_to_string().to_string();
+    // Code generation rewrites the IR it runs on (control-flow annotation inserts amdgcn.if/else intrinsics), so
+    // the assembly listing is produced from a copy and the object from the original.
+    let listing = lm.clone();
     let isa = tm
-        .write_to_memory_buffer(&lm, FileType::Assembly)
+        .write_to_memory_buffer(&listing, FileType::Assembly)
         .map_err(|e| CodegenError::Llvm(e.to_string()))?;
     let isa = String::from_utf8_lossy(isa.as_slice()).into_owned();
     let obj = tm

@@ -9,7 +9,8 @@
 //!   register budget formula;
 //! - exact: bytes moved (weights, scales, activations, outputs), MFMA counts, LDS bytes, workgroup counts;
 //! - assumed (arch tables, not measured here): HBM bandwidth, clock, CU count, MFMA cycles; that VALU and MFMA of
-//!   different waves overlap on a SIMD; that weights are read from HBM once per M tile and activations hit in L2.
+//!   different waves overlap on a SIMD; that weights are read from HBM once per M tile and activations hit in L2;
+//!   split-K partials cost one f32 write and one read per split.
 
 use serde::Serialize;
 
@@ -94,17 +95,25 @@ pub fn predict(
     let by_lds = (wgs_by_lds * waves_per_wg / 4).max(1);
     let occupancy = by_regs.min(by_lds).max(1);
     let m_tiles = u64::from(m.div_ceil(t.tile_m));
-    let workgroups = u64::from(spec.n / t.tile_n) * m_tiles;
+    // Split-K multiplies the workgroups; each then covers K / split_k.
+    let workgroups = u64::from(spec.n / t.tile_n) * m_tiles * u64::from(p.split_k);
     let wgs_per_cu = u64::from((occupancy * 4 / waves_per_wg).max(1));
     let rounds = workgroups.div_ceil(u64::from(info.cus) * wgs_per_cu);
 
     let (n, k) = (f64::from(spec.n), f64::from(spec.k));
     let scale_bytes = 4.0 / f64::from(spec.format.group);
+    // Split-K partials are written once and read back once (f32, whole M tiles).
+    let split_bytes = if p.split_k > 1 {
+        2.0 * f64::from(p.split_k) * m_tiles as f64 * f64::from(t.tile_m) * n * 4.0
+    } else {
+        0.0
+    };
     let bytes = m_tiles as f64 * n * k * (0.5 + scale_bytes)
         + f64::from(m) * k * 2.0
-        + f64::from(m) * n * 2.0;
+        + f64::from(m) * n * 2.0
+        + split_bytes;
     // A CU streams about 1/CUs of the HBM bandwidth: with fewer workgroups in flight than CUs, only that fraction
-    // of the bandwidth is drawn (nibble has no split-K yet to fill the GPU at small N).
+    // of the bandwidth is drawn (which split-K is there to avoid).
     let concurrent = workgroups.min(u64::from(info.cus) * wgs_per_cu);
     let fraction = (concurrent as f64 / f64::from(info.cus)).min(1.0);
     let memory_us = bytes / (info.hbm_tb_s * 1e12 * fraction) * 1e6;
@@ -112,13 +121,14 @@ pub fn predict(
     let valu_per_element = measured.map_or_else(|| estimated_valu_per_element(&p), |(v, _)| v);
     // Per wave and K step of the whole problem: wave_n * K weight elements over 64 lanes; a wave64 VALU op issues in
     // 4 cycles on a 16-wide SIMD.
-    let valu_cycles_per_wave = valu_per_element * f64::from(p.wave_n) * k / 64.0 * 4.0;
+    let k_per_wg = k / f64::from(p.split_k);
+    let valu_cycles_per_wave = valu_per_element * f64::from(p.wave_n) * k_per_wg / 64.0 * 4.0;
     let atom_cycles = f64::from(match t.mma {
         MmaAtom::M16N16K16 => info.mfma_cycles[0],
         MmaAtom::M32N32K8 => info.mfma_cycles[1],
     });
     let mfma_cycles_per_wave =
-        f64::from(p.m_tiles * p.n_tiles) * (k / f64::from(t.mma.k())) * atom_cycles;
+        f64::from(p.m_tiles * p.n_tiles) * (k_per_wg / f64::from(t.mma.k())) * atom_cycles;
     let waves = workgroups as f64 * f64::from(waves_per_wg);
     let simds = f64::from(info.cus) * 4.0;
     // Wave quantization: a round occupies every SIMD for as long as its busiest SIMD.

@@ -101,6 +101,8 @@ struct Args<'c, 'b> {
     s: Value<'c, 'b>,
     bias: Option<Value<'c, 'b>>,
     y: Value<'c, 'b>,
+    /// Split-K partial sums and per-tile arrival counters (only when `split_k > 1`).
+    split: Option<(Value<'c, 'b>, Value<'c, 'b>)>,
     m: Value<'c, 'b>,
     ts: Option<Value<'c, 'b>>,
     lds: Value<'c, 'b>,
@@ -126,6 +128,14 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         inputs.push(memref(dtype(e, b), n));
     }
     inputs.push(memref(yt, m_max * n));
+    if p.split_k > 1 {
+        let m_tiles = m_max.div_ceil(u64::from(p.tiling.tile_m));
+        inputs.push(memref(
+            f32t,
+            u64::from(p.split_k) * m_tiles * u64::from(p.tiling.tile_m) * n,
+        ));
+        inputs.push(memref(i32t, n / u64::from(p.tiling.tile_n) * m_tiles));
+    }
     inputs.push(i32t);
     if p.format.tensor_scale {
         inputs.push(f32t);
@@ -163,6 +173,11 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         None
     };
     let y = next()?;
+    let split = if p.split_k > 1 {
+        Some((next()?, next()?))
+    } else {
+        None
+    };
     let m = next()?;
     let ts = if p.format.tensor_scale {
         Some(next()?)
@@ -176,6 +191,7 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         s,
         bias,
         y,
+        split,
         m,
         ts,
         lds,
@@ -361,10 +377,25 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         s_base.iter().map(|base| e.vload(sb, *base, svec)).collect()
     };
 
-    // Prologue: fill stages 0..stages-1 of the ring, fetch iteration 0's weights and scales.
+    // Split-K: workgroup z of the grid takes K iterations lb..ub.
+    let (lb, ub, bz) = if p.split_k > 1 {
+        let bz = e.block_id('z')?;
+        let lb = e.muli(bz, c(p.iters_per_split)?)?;
+        let ub = e.addi(lb, c(p.iters_per_split)?)?;
+        (lb, ub, Some(bz))
+    } else {
+        (c(0)?, c(p.k_iters)?, None)
+    };
+
+    // Prologue: fill stages 0..stages-1 of the ring with this workgroup's first tiles.
     let ring = t.stages.max(1);
-    for st in 0..ring.saturating_sub(1).min(p.k_iters) {
-        let vecs = load_x(e, c(st)?)?;
+    for st in 0..ring.saturating_sub(1).min(p.iters_per_split) {
+        let kt = if bz.is_some() {
+            e.addi(lb, c(st)?)?
+        } else {
+            c(st)?
+        };
+        let vecs = load_x(e, kt)?;
         store_x(e, c(st * p.lds_stage_elems)?, &vecs)?;
     }
     if ring > 1 {
@@ -378,20 +409,26 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
 
     let dq_ty = e.vector(8, xt);
     let shape = (am, an, ak);
-    let results = e.for_loop(c(0)?, c(p.k_iters)?, c(1)?, &inits, |l, kt, it| {
+    let results = e.for_loop(lb, ub, c(1)?, &inits, |l, kt, it| {
         let mut accs = it;
         // Weights and scales are loaded at the top of the iteration and consumed once, straight from the loads'
         // destination registers: carrying them across iterations as loop values costs a register copy per
         // dword, which is more VALU than the dequantization budget allows. Latency is hidden by occupancy.
         let wcur = load_w(&l, kt)?;
         let scur = load_s(&l, kt)?;
-        let stage = l.remui(kt, l.idx(i64::from(ring))?)?;
+        // Position in this workgroup's K range (the ring is filled from its first tile).
+        let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
+        let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
         let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
         let xnext = if ring > 1 {
             // The tile `ring - 1` iterations ahead; clamped to the last tile so the window stays inside x
             // (the clamped loads land in a stage that is never read again).
             let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
-            let last = l.idx(i64::from(p.k_iters - 1))?;
+            let last = if bz.is_some() {
+                l.subi(ub, l.idx(1)?)?
+            } else {
+                l.idx(i64::from(p.k_iters - 1))?
+            };
             let ahead = l.op1("arith.minui", &[ahead, last], l.index(), &[])?;
             Some(load_x(&l, ahead)?)
         } else {
@@ -428,7 +465,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             }
         }
         if let Some(v) = xnext {
-            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+            let ahead = l.addi(rel, l.idx(i64::from(ring - 1))?)?;
             let st = l.remui(ahead, l.idx(i64::from(ring))?)?;
             let base = l.muli(st, l.idx(i64::from(p.lds_stage_elems))?)?;
             store_x(&l, base, &v)?;
@@ -438,6 +475,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     })?;
 
     // Epilogue: accumulator register r of lane l holds row/col per the MFMA output layout.
+    let mut outputs = vec![]; // (row, col, accumulator value, tile index)
     for ms in 0..p.m_tiles {
         for ns in 0..p.n_tiles {
             let acc = results[(ms * p.n_tiles + ns) as usize];
@@ -448,13 +486,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             let c0 = e.addi(c0, n0)?;
             let c0 = e.addi(c0, c(ns * an)?)?;
             let col = e.addi(c0, lane_n)?;
-            let bias = match (a.bias, p.bias) {
-                (Some(b), Some(bt)) => {
-                    let v = e.load(b, col, dtype(e, bt))?;
-                    Some(e.extf(v, f32t)?)
-                }
-                _ => None,
-            };
             let q4 = e.muli(lane_qn, c(4)?)?;
             for r in 0..acc_len as u32 {
                 let row_in = match p.atom {
@@ -463,17 +494,136 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 };
                 let row = e.addi(r0, row_in)?;
                 let row = e.addi(row, q4)?;
-                let mut v = e.extract(acc, i64::from(r), f32t)?;
-                if let Some(ts) = a.ts {
-                    v = e.mulf(v, ts)?;
+                let v = e.extract(acc, i64::from(r), f32t)?;
+                outputs.push((row, col, v));
+            }
+        }
+    }
+    // The fused epilogue of one output: tensor scale, bias, rounding, bounds-checked store.
+    let finish = |e: &Emitter<'c, 'b>,
+                  row: Value<'c, 'b>,
+                  col: Value<'c, 'b>,
+                  mut v: Value<'c, 'b>|
+     -> Result<(), IrError> {
+        if let Some(ts) = a.ts {
+            v = e.mulf(v, ts)?;
+        }
+        if let (Some(b), Some(bt)) = (a.bias, p.bias) {
+            let bv = e.load(b, col, dtype(e, bt))?;
+            let bv = e.extf(bv, f32t)?;
+            v = e.addf(v, bv)?;
+        }
+        let o = e.truncf(v, yt)?;
+        let idx = e.muli(row, c(p.n)?)?;
+        let idx = e.addi(idx, col)?;
+        e.store(o, yb, idx)
+    };
+    match (a.split, bz) {
+        (Some((ws, counters)), Some(bz)) => {
+            // Split-K: every workgroup stores its partial sums; the last one to arrive at the tile (an atomic
+            // counter) adds the partials of all splits in split order, so the result does not depend on which
+            // workgroup came last, applies the epilogue and resets the counter for the next launch.
+            // Rows of one split's partials: M rounded up to whole tiles (grid y * tile_m, from the M argument).
+            let mpad = e.addi(m_idx, c(t.tile_m - 1)?)?;
+            let mpad = e.divui(mpad, c(t.tile_m)?)?;
+            let mpad = e.muli(mpad, c(t.tile_m)?)?;
+            let ws_index = |e: &Emitter<'c, 'b>,
+                            split: Value<'c, 'b>,
+                            row: Value<'c, 'b>,
+                            col: Value<'c, 'b>| {
+                let r = e.muli(split, mpad)?;
+                let r = e.addi(r, row)?;
+                let r = e.muli(r, c(p.n)?)?;
+                e.addi(r, col)
+            };
+            for (row, col, v) in &outputs {
+                let idx = ws_index(e, bz, *row, *col)?;
+                e.store(*v, ws, idx)?;
+            }
+            e.barrier()?;
+            let fence = |e: &Emitter<'c, 'b>, ordering: i64| -> Result<(), IrError> {
+                e.op(
+                    "llvm.fence",
+                    &[],
+                    &[],
+                    &[
+                        ("ordering", IntegerAttribute::new(i64t, ordering).into()),
+                        ("syncscope", e.string("agent")),
+                    ],
+                )?;
+                Ok(())
+            };
+            // Release: this workgroup's partials are visible device-wide before its arrival is counted.
+            fence(e, 5)?;
+            let gx = c(p.n / t.tile_n)?;
+            let tile = e.muli(by, gx)?;
+            let tile = e.addi(tile, bx)?;
+            let zero = c(0)?;
+            let is_t0 = e.cmpi(Cmp::Eq, tid, zero)?;
+            let one_x = e.op1(
+                "arith.constant",
+                &[],
+                xt,
+                &[(
+                    "value",
+                    melior::ir::attribute::FloatAttribute::new(e.ctx, xt, 1.0).into(),
+                )],
+            )?;
+            let zero_x = e.op1(
+                "arith.constant",
+                &[],
+                xt,
+                &[(
+                    "value",
+                    melior::ir::attribute::FloatAttribute::new(e.ctx, xt, 0.0).into(),
+                )],
+            )?;
+            e.if_then(is_t0, |e| {
+                let one = e.i32c(1)?;
+                let old = e.op1(
+                    "memref.atomic_rmw",
+                    &[one, counters, tile],
+                    i32t,
+                    &[("kind", IntegerAttribute::new(i64t, 1).into())],
+                )?;
+                let last = e.i32c(i64::from(p.split_k - 1))?;
+                let is_last = e.cmpi(Cmp::Eq, old, last)?;
+                let flag = e.select(is_last, one_x, zero_x)?;
+                e.store(flag, a.lds, zero)
+            })?;
+            e.barrier()?;
+            let flag = e.load(a.lds, zero, xt)?;
+            let i16t = e.int(16);
+            let bits = e.bitcast(flag, i16t)?;
+            let zero16 = e.const_int(0, i16t)?;
+            let is_last = e.cmpi(Cmp::Ne, bits, zero16)?;
+            e.if_then(is_last, |e| {
+                // Acquire: the other workgroups' partials are visible from here on.
+                fence(&e, 4)?;
+                for (row, col, _) in &outputs {
+                    let mut sum = None;
+                    for sp in 0..p.split_k {
+                        let idx = ws_index(&e, c(sp)?, *row, *col)?;
+                        let part = e.load(ws, idx, f32t)?;
+                        sum = Some(match sum {
+                            None => part,
+                            Some(acc) => e.addf(acc, part)?,
+                        });
+                    }
+                    if let Some(v) = sum {
+                        finish(&e, *row, *col, v)?;
+                    }
                 }
-                if let Some(b) = bias {
-                    v = e.addf(v, b)?;
-                }
-                let o = e.truncf(v, yt)?;
-                let idx = e.muli(row, c(p.n)?)?;
-                let idx = e.addi(idx, col)?;
-                e.store(o, yb, idx)?;
+                let zero_i = e.i32c(0)?;
+                // A fresh comparison: an i1 carried into another branch's block trips AMDGPU's control-flow
+                // annotation.
+                let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
+                e.if_then(first, |e| e.store(zero_i, counters, tile))
+            })?;
+        }
+        _ => {
+            for (row, col, v) in &outputs {
+                finish(e, *row, *col, *v)?;
             }
         }
     }

@@ -99,6 +99,10 @@ pub struct Plan {
     /// 16-byte weight loads per lane and n-tile per K iteration.
     pub wchunks_per_iter: u32,
     pub k_iters: u32,
+    /// Cross-workgroup split-K: `split_k` workgroups along grid z each take `iters_per_split` K iterations and the
+    /// last to finish a tile reduces the partial sums (1: no split).
+    pub split_k: u32,
+    pub iters_per_split: u32,
     pub threads: u32,
     /// Activation rows in LDS are `tile_k + LDS_ROW_PAD` elements apart.
     pub lds_row: u32,
@@ -223,9 +227,20 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let x_vecs_per_thread = x_vecs.div_ceil(threads);
     let scales_per_iter = (t.tile_k / fmt.group).max(1);
 
+    let k_iters = spec.k / t.tile_k;
+    let split_k = choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, arch);
     let xb = 2u64;
-    let row_bytes = (u64::from(spec.k) * xb).max(u64::from(spec.n) * 2);
+    // Rows of x, of y, and (with split-K) of every split's f32 partials must stay within 32-bit offsets.
+    let row_bytes = (u64::from(spec.k) * xb)
+        .max(u64::from(spec.n) * 2)
+        .max(u64::from(split_k) * u64::from(spec.n) * 4);
     let m_max = (MAX_BUFFER_BYTES / row_bytes).min(u64::from(u32::MAX)) as u32;
+    // The split-K workspace holds whole M tiles.
+    let m_max = if split_k > 1 {
+        m_max - m_max % t.tile_m
+    } else {
+        m_max
+    };
     if m_max < 1 {
         return Err(unsupported(
             "rows are too long for 32-bit buffer offsets".into(),
@@ -258,6 +273,10 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         push("bias", ArgRole::Bias, "ptr", Some(b.name()), 8);
     }
     push("y", ArgRole::Y, "ptr", Some(spec.y.name()), 8);
+    if split_k > 1 {
+        push("workspace", ArgRole::Workspace, "ptr", Some("f32"), 8);
+        push("counters", ArgRole::Counters, "ptr", Some("i32"), 8);
+    }
     push("m", ArgRole::M, "i32", None, 4);
     if fmt.tensor_scale {
         push("tensor_scale", ArgRole::TensorScale, "f32", None, 4);
@@ -283,7 +302,9 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         n_tiles: wave_n / atom.n(),
         pairs_per_iter,
         wchunks_per_iter,
-        k_iters: spec.k / t.tile_k,
+        k_iters,
+        split_k,
+        iters_per_split: k_iters / split_k,
         threads,
         lds_row,
         lds_stage_elems,
@@ -318,13 +339,28 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
                 value: spec.n / t.tile_n,
             },
             GridDim::CeilDivM { divisor: t.tile_m },
-            GridDim::Const { value: 1 },
+            GridDim::Const { value: split_k },
         ],
         args,
         kernarg_bytes,
         elements_per_lane_iter: wave_n * t.tile_k / 64,
         source_hash: spec.source_hash.clone(),
     })
+}
+
+/// Cross-workgroup split-K for decode-shaped tiles: when the N tiles alone (the workgroups at M <= tile_m) would
+/// leave more than half of the CUs idle, K is split over `s` workgroups, `s` the largest divisor of the K iterations
+/// not above the split that fills the CUs. Larger tiles (prefill) have enough workgroups from M.
+pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, arch: Arch) -> u32 {
+    let cus = arch.info().cus;
+    if tile_m > 32 || n_tiles == 0 || n_tiles >= cus / 2 || k_iters < 2 {
+        return 1;
+    }
+    let want = cus.div_ceil(n_tiles).min(k_iters);
+    (1..=want)
+        .rev()
+        .find(|d| k_iters.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 impl Plan {

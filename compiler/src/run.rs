@@ -237,6 +237,9 @@ pub fn run_interpreted(
                     .unwrap_or_default(),
             )),
             ArgRole::Y => KernelArg::Buffer(vec![0; inp.m as usize * n * 2]),
+            // Split-K scratch: partials (any contents) and zeroed arrival counters.
+            ArgRole::Workspace => KernelArg::Buffer(vec![0; m.split_k_bytes(inp.m).0 as usize]),
+            ArgRole::Counters => KernelArg::Buffer(vec![0; m.split_k_bytes(inp.m).1 as usize]),
             ArgRole::M => KernelArg::I32(inp.m as i32),
             ArgRole::TensorScale => KernelArg::F32(inp.tensor_scale.unwrap_or(1.0)),
         });
@@ -467,6 +470,20 @@ pub fn run_hip(
     }
     if let Some(t) = inp.tensor_scale {
         values.push((ArgRole::TensorScale, ArgValue::F32(t)));
+    }
+    // Split-K scratch: the kernel leaves the counters at zero, so one zeroed allocation serves every launch.
+    let (ws_bytes, counter_bytes) = m.split_k_bytes(inp.m);
+    let scratch = if ws_bytes > 0 {
+        Some((
+            dev.alloc::<f32>((ws_bytes / 4) as usize)?,
+            dev.upload(&vec![0i32; (counter_bytes / 4) as usize])?,
+        ))
+    } else {
+        None
+    };
+    if let Some((workspace, counters)) = &scratch {
+        values.push((ArgRole::Workspace, ArgValue::Buffer(workspace.as_arg())));
+        values.push((ArgRole::Counters, ArgValue::Buffer(counters.as_arg())));
     }
     for _ in 0..warmup {
         kernel.launch(&stream, inp.m, &values)?;

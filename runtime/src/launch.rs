@@ -522,8 +522,11 @@ fn dtype_bytes(name: &str) -> Option<u64> {
 /// manifest's shapes and layouts; `None` for scalars and unknown element types.
 pub fn required_bytes(manifest: &Manifest, role: ArgRole, m: u32) -> Option<u64> {
     let s = &manifest.shapes;
+    let (workspace, counters) = manifest.split_k_bytes(m);
     let (m, n, k) = (u64::from(m), u64::from(s.n), u64::from(s.k));
     match role {
+        ArgRole::Workspace => Some(workspace),
+        ArgRole::Counters => Some(counters),
         ArgRole::X => Some(m * k * dtype_bytes(&s.x_dtype)?),
         ArgRole::Y => Some(m * n * dtype_bytes(&s.y_dtype)?),
         ArgRole::Bias => Some(n * dtype_bytes(s.bias_dtype.as_deref()?)?),

@@ -150,6 +150,25 @@ impl HipBackend {
         if let Some(t) = layer.tensor_scale {
             values.push((ArgRole::TensorScale, ArgValue::F32(t)));
         }
+        // Split-K scratch for this M: partials, and counters that start (and are left) at zero.
+        let (ws_bytes, counter_bytes) = layer.kernels[i].manifest.split_k_bytes(m as u32);
+        let scratch = if ws_bytes > 0 {
+            let ws = self
+                .device
+                .alloc::<f32>((ws_bytes / 4) as usize)
+                .map_err(|e| hip_err(layer, e))?;
+            let counters = self
+                .device
+                .upload(&vec![0i32; (counter_bytes / 4) as usize])
+                .map_err(|e| hip_err(layer, e))?;
+            Some((ws, counters))
+        } else {
+            None
+        };
+        if let Some((workspace, counters)) = &scratch {
+            values.push((ArgRole::Workspace, ArgValue::Buffer(workspace.as_arg())));
+            values.push((ArgRole::Counters, ArgValue::Buffer(counters.as_arg())));
+        }
         let m32 =
             u32::try_from(m).map_err(|_| hip_err(layer, format!("M={m} does not fit 32 bits")))?;
         state.kernels[i]

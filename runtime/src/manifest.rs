@@ -175,6 +175,10 @@ pub enum ArgRole {
     M,
     /// The f32 per-tensor scale.
     TensorScale,
+    /// Split-K partial sums: f32 `[split_k, ceil(M / tile_m) * tile_m, N]`, contents irrelevant at launch.
+    Workspace,
+    /// Split-K arrival counters: i32 `[N / tile_n * ceil(M / tile_m)]`, zero at launch (the kernel leaves them zero).
+    Counters,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -333,5 +337,20 @@ impl Manifest {
 
     pub fn arg(&self, role: ArgRole) -> Option<&KernelArg> {
         self.args.iter().find(|a| a.role == role)
+    }
+}
+
+impl Manifest {
+    /// Bytes of the split-K workspace and counters for M rows (0 and 0 for kernels without split-K).
+    pub fn split_k_bytes(&self, m: u32) -> (u64, u64) {
+        if self.arg(ArgRole::Workspace).is_none() {
+            return (0, 0);
+        }
+        let t = &self.tiling;
+        let split = u64::from(self.launch.grid[2].eval(m));
+        let rows = u64::from(m.div_ceil(t.tile_m.max(1))) * u64::from(t.tile_m);
+        let tiles =
+            u64::from(self.shapes.n / t.tile_n.max(1)) * u64::from(m.div_ceil(t.tile_m.max(1)));
+        (split * rows * u64::from(self.shapes.n) * 4, tiles * 4)
     }
 }

@@ -287,6 +287,16 @@ pub(crate) enum Kind {
         n: u32,
     },
     Barrier,
+    /// Memory fences order global memory between workgroups; workgroups run one after another here.
+    Fence,
+    /// memref.atomic_rmw addi on i32: `dst = old; mem[idx] = old + val`, lane by lane.
+    AtomicAdd {
+        dst: Slot,
+        val: Slot,
+        mem: Slot,
+        idx: Slot,
+        mt: MemTy,
+    },
     For {
         lb: Slot,
         ub: Slot,
@@ -1044,6 +1054,25 @@ impl<'c, 'a> Compiler<'c, 'a> {
                     idx: ops[1],
                     mt,
                     n,
+                })
+            }
+            "llvm.fence" => Ok(Kind::Fence),
+            "memref.atomic_rmw" => {
+                arity(3)?;
+                // MLIR's AtomicRMWKind: 1 is addi.
+                if self.int_attr(op, name, "kind")? != 1 {
+                    return Err(unsupported(name, "only addi"));
+                }
+                let mt = self.memref(name, ops[1])?;
+                if mt.elem != ElemType::Int(32) {
+                    return Err(unsupported(name, "only i32"));
+                }
+                Ok(Kind::AtomicAdd {
+                    dst: self.results(op)?[0],
+                    val: ops[0],
+                    mem: ops[1],
+                    idx: ops[2],
+                    mt,
                 })
             }
             "vector.store" | "memref.store" => {

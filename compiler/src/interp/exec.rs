@@ -620,6 +620,35 @@ impl<'p, 'b> Machine<'p, 'b> {
                         }
                     }
                 }
+                Kind::Fence => {}
+                Kind::AtomicAdd {
+                    dst,
+                    val,
+                    mem,
+                    idx,
+                    mt,
+                } => {
+                    // Lanes in order: each sees the previous lanes' additions, as some serialization of the atomics.
+                    for &l in lanes {
+                        let (dm, di) = (at(*mem, l), at(*idx, l));
+                        let view = [regs[dm], regs[dm + 1], regs[dm + 2]];
+                        let index = regs[di];
+                        let mut bytes = std::mem::take(&mut self.scratch);
+                        let r = self.access(op, l, view, index, mt, 1, &mut bytes, false);
+                        if let Err(e) = r {
+                            self.scratch = bytes;
+                            return Err(e);
+                        }
+                        let old = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+                        let new = old.wrapping_add(regs[at(*val, l)] as u32);
+                        bytes.clear();
+                        bytes.extend_from_slice(&new.to_le_bytes());
+                        let r = self.access(op, l, view, index, mt, 1, &mut bytes, true);
+                        self.scratch = bytes;
+                        r?;
+                        regs[at(*dst, l)] = u64::from(old);
+                    }
+                }
                 Kind::Barrier => {
                     if lanes.len() != self.nl {
                         return Err(self.div_err(
