@@ -1152,53 +1152,41 @@ fn lds_conflict_model_matches_hand_counts() {
 #[test]
 fn no_example_kernel_has_lds_bank_conflicts() {
     use nibble_compiler::run::{random_inputs, run_interpreted, Bundle};
-    let mut files: Vec<_> = std::fs::read_dir("dsl-examples")
-        .expect("examples")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "nib"))
-        .collect();
-    files.sort();
     let mut checked = 0;
-    for file in files {
-        let src = std::fs::read_to_string(&file).expect("example");
-        let kernels = nibble_compiler::dsl::check_source(&file.display().to_string(), &src)
-            .expect("checks")
-            .kernels;
-        for mut spec in kernels {
-            for arch in spec.targets.clone() {
-                // Same tiling, smaller problem: one workgroup column, three K iterations.
-                let t = nibble_compiler::plan::plan(&spec, arch)
-                    .expect("plans")
-                    .tiling;
-                spec.n = t.tile_n;
-                spec.k = t.tile_k * 3;
-                spec.schedule = nibble_compiler::spec::Schedule::Manual(t);
-                let out = nibble_compiler::driver::compile_kernel(&spec, arch, &Default::default())
-                    .expect("compiles");
-                let b = Bundle {
-                    manifest_path: "mem".into(),
-                    manifest: out.manifest,
-                    kernel_ir: out.kernel_ir,
-                };
-                let inp = random_inputs(&b.manifest, t.tile_m, 1).expect("inputs");
-                let r = run_interpreted(&b, &inp, &Default::default()).expect("runs");
-                assert!(
-                    !r.stats.lds_ops.is_empty(),
-                    "{}: LDS ops were counted",
-                    spec.name
+    for (_, mut spec) in crate::pipeline::examples() {
+        for arch in spec.targets.clone() {
+            // Same tiling, smaller problem: one workgroup column, three K iterations.
+            let t = nibble_compiler::plan::plan(&spec, arch)
+                .expect("plans")
+                .tiling;
+            spec.n = t.tile_n;
+            spec.k = t.tile_k * 3;
+            spec.schedule = nibble_compiler::spec::Schedule::Manual(t);
+            let out = nibble_compiler::driver::compile_kernel(&spec, arch, &Default::default())
+                .expect("compiles");
+            let b = Bundle {
+                manifest_path: "mem".into(),
+                manifest: out.manifest,
+                kernel_ir: out.kernel_ir,
+            };
+            let inp = random_inputs(&b.manifest, t.tile_m, 1).expect("inputs");
+            let r = run_interpreted(&b, &inp, &Default::default()).expect("runs");
+            assert!(
+                !r.stats.lds_ops.is_empty(),
+                "{}: LDS ops were counted",
+                spec.name
+            );
+            for (op, s) in &r.stats.lds_ops {
+                assert!(s.executions > 0);
+                assert_eq!(
+                    s.conflict_cycles,
+                    0,
+                    "{} on {}: {op} has bank conflicts",
+                    spec.name,
+                    arch.name()
                 );
-                for (op, s) in &r.stats.lds_ops {
-                    assert!(s.executions > 0);
-                    assert_eq!(
-                        s.conflict_cycles,
-                        0,
-                        "{} on {}: {op} has bank conflicts",
-                        spec.name,
-                        arch.name()
-                    );
-                }
-                checked += 1;
             }
+            checked += 1;
         }
     }
     assert!(checked >= 20, "{checked} kernels checked");

@@ -293,40 +293,29 @@ fn the_matrix_passes_within_the_derived_bound() {
 #[test]
 fn every_example_passes_at_reduced_size() {
     let mut rng = Rng(0x0DD5_EED5);
-    let mut files: Vec<_> = std::fs::read_dir("dsl-examples")
-        .expect("examples")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "nib"))
-        .collect();
-    files.sort();
     let mut seen = 0;
-    for file in files {
-        let src = std::fs::read_to_string(&file).expect("readable");
-        let checked =
-            nibble_compiler::dsl::check_source(&file.display().to_string(), &src).expect("checks");
-        for mut spec in checked.kernels {
-            // Same tiling, smaller problem: two workgroups along N, three K iterations (or the tile's minimum).
-            let tiling = nibble_compiler::plan::plan(&spec, spec.targets[0])
-                .expect("plans")
-                .tiling;
-            spec.n = tiling.tile_n * 2;
-            spec.k = tiling.tile_k * 3;
-            spec.schedule = Schedule::Manual(tiling);
-            for &arch in &spec.targets.clone() {
-                let b = bundle(&spec, arch);
-                let m = tiling.tile_m + 3;
-                let inp = if spec.format.scale == ScaleType::E8m0 && spec.format.group == 32
-                    || spec.format.scale == ScaleType::E4m3 && spec.format.group == 16
-                {
-                    inputs(&spec, m, Data::Quantized, &mut rng)
-                } else {
-                    // User formats: random codes and moderate scales of the format's own scale type.
-                    custom_inputs(&spec, m, &mut rng)
-                };
-                let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
-                assert_eq!(c.violations, 0, "{} {}: {c:?}", spec.name, arch.name());
-                seen += 1;
-            }
+    for (_, mut spec) in crate::pipeline::examples() {
+        // Same tiling, smaller problem: two workgroups along N, three K iterations (or the tile's minimum).
+        let tiling = nibble_compiler::plan::plan(&spec, spec.targets[0])
+            .expect("plans")
+            .tiling;
+        spec.n = tiling.tile_n * 2;
+        spec.k = tiling.tile_k * 3;
+        spec.schedule = Schedule::Manual(tiling);
+        for &arch in &spec.targets.clone() {
+            let b = bundle(&spec, arch);
+            let m = tiling.tile_m + 3;
+            let inp = if spec.format.scale == ScaleType::E8m0 && spec.format.group == 32
+                || spec.format.scale == ScaleType::E4m3 && spec.format.group == 16
+            {
+                inputs(&spec, m, Data::Quantized, &mut rng)
+            } else {
+                // User formats: random codes and moderate scales of the format's own scale type.
+                custom_inputs(&spec, m, &mut rng)
+            };
+            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
+            assert_eq!(c.violations, 0, "{} {}: {c:?}", spec.name, arch.name());
+            seen += 1;
         }
     }
     assert!(seen >= 20, "{seen} example kernels checked");

@@ -11,7 +11,8 @@ use nibble_compiler::spec::{KernelSpec, MmaAtom};
 use nibble_runtime::codeobj;
 use nibble_runtime::manifest::{ArgRole, Manifest};
 
-fn examples() -> Vec<(PathBuf, KernelSpec)> {
+/// Every kernel of `dsl-examples/*.nib`, with its file, in file order (shared by the test modules).
+pub(crate) fn examples() -> Vec<(PathBuf, KernelSpec)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir("dsl-examples")
         .expect("dsl-examples exists")
         .map(|e| e.expect("readable entry").path())

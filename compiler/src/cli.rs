@@ -13,9 +13,6 @@ use crate::dsl::{self, FrontEndError};
 use crate::spec::CheckedFile;
 use crate::tensors::{self, QuantFormat, TensorFile};
 
-/// Stages `--emit` accepts.
-pub const EMIT_STAGES: &[&str] = &["linalg", "dequant", "gpu", "llvm", "isa"];
-
 /// Ahead-of-time compiler for FP4 weight-only-quantized GEMM kernels on AMD GPUs.
 #[derive(Debug, Parser)]
 #[command(name = "nibble", version, about, arg_required_else_help = true)]
@@ -43,7 +40,7 @@ pub enum Command {
         #[arg(short = 'o', long = "out-dir", value_name = "DIR")]
         out_dir: PathBuf,
         /// Intermediate stages to write next to the code object, comma separated.
-        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(EMIT_STAGES))]
+        #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(Stage::ALL.map(Stage::name)))]
         emit: Vec<String>,
     },
     /// Compile kernels for every distinct quantized linear shape of a checkpoint (a decode- and a prefill-shaped

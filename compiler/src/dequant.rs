@@ -119,7 +119,7 @@ fn reference_body<'c, 'b>(
         e.extf(f4, f8)?
     } else {
         // Other minifloats: a 16-entry table of exact values, computed from the element definition.
-        let table: Vec<f32> = (0..16u8).map(|c| elem_value(elem, c) as f32).collect();
+        let table: Vec<f32> = (0..16u8).map(|c| elem.value(c) as f32).collect();
         let tty = e.vector(16, f32t);
         let tv = e.op1(
             "arith.constant",
@@ -152,10 +152,6 @@ fn reference_body<'c, 'b>(
     let sv = e.broadcast(true_scale, f8)?;
     let prod = e.mulf(values, sv)?;
     e.truncf(prod, e.vector(8, dtype(e, p.x)))
-}
-
-fn elem_value(elem: &crate::spec::MiniFloat, code: u8) -> f64 {
-    elem.value(code)
 }
 
 /// The packed sequence for one word: 8 elements, scaled and packed into the operand type.

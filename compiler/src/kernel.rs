@@ -475,7 +475,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     })?;
 
     // Epilogue: accumulator register r of lane l holds row/col per the MFMA output layout.
-    let mut outputs = vec![]; // (row, col, accumulator value, tile index)
+    let mut outputs = vec![]; // (row, col, accumulator value, bias of the column)
     for ms in 0..p.m_tiles {
         for ns in 0..p.n_tiles {
             let acc = results[(ms * p.n_tiles + ns) as usize];
@@ -486,6 +486,14 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             let c0 = e.addi(c0, n0)?;
             let c0 = e.addi(c0, c(ns * an)?)?;
             let col = e.addi(c0, lane_n)?;
+            // The bias is per column: one load serves every accumulator register of the lane.
+            let bias = match (a.bias, p.bias) {
+                (Some(b), Some(bt)) => {
+                    let bv = e.load(b, col, dtype(e, bt))?;
+                    Some(e.extf(bv, f32t)?)
+                }
+                _ => None,
+            };
             let q4 = e.muli(lane_qn, c(4)?)?;
             for r in 0..acc_len as u32 {
                 let row_in = match p.atom {
@@ -495,7 +503,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let row = e.addi(r0, row_in)?;
                 let row = e.addi(row, q4)?;
                 let v = e.extract(acc, i64::from(r), f32t)?;
-                outputs.push((row, col, v));
+                outputs.push((row, col, v, bias));
             }
         }
     }
@@ -503,15 +511,14 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let finish = |e: &Emitter<'c, 'b>,
                   row: Value<'c, 'b>,
                   col: Value<'c, 'b>,
-                  mut v: Value<'c, 'b>|
+                  mut v: Value<'c, 'b>,
+                  bias: Option<Value<'c, 'b>>|
      -> Result<(), IrError> {
         if let Some(ts) = a.ts {
             v = e.mulf(v, ts)?;
         }
-        if let (Some(b), Some(bt)) = (a.bias, p.bias) {
-            let bv = e.load(b, col, dtype(e, bt))?;
-            let bv = e.extf(bv, f32t)?;
-            v = e.addf(v, bv)?;
+        if let Some(b) = bias {
+            v = e.addf(v, b)?;
         }
         let o = e.truncf(v, yt)?;
         let idx = e.muli(row, c(p.n)?)?;
@@ -536,7 +543,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let r = e.muli(r, c(p.n)?)?;
                 e.addi(r, col)
             };
-            for (row, col, v) in &outputs {
+            for (row, col, v, _) in &outputs {
                 let idx = ws_index(e, bz, *row, *col)?;
                 e.store(*v, ws, idx)?;
             }
@@ -600,7 +607,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             e.if_then(is_last, |e| {
                 // Acquire: the other workgroups' partials are visible from here on.
                 fence(&e, 4)?;
-                for (row, col, _) in &outputs {
+                for (row, col, _, bias) in &outputs {
                     let mut sum = None;
                     for sp in 0..p.split_k {
                         let idx = ws_index(&e, c(sp)?, *row, *col)?;
@@ -611,7 +618,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                         });
                     }
                     if let Some(v) = sum {
-                        finish(&e, *row, *col, v)?;
+                        finish(&e, *row, *col, v, *bias)?;
                     }
                 }
                 let zero_i = e.i32c(0)?;
@@ -622,12 +629,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             })?;
         }
         _ => {
-            for (row, col, v) in &outputs {
-                finish(e, *row, *col, *v)?;
+            for (row, col, v, bias) in &outputs {
+                finish(e, *row, *col, *v, *bias)?;
             }
         }
     }
-    let _ = i64t;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
 }
