@@ -328,11 +328,13 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             mag_shift,
             second_half: second_half.name().into(),
             mask,
+            fragment: None,
         },
         scale_layout: ScaleLayout {
             id: "nibble.scales_f32.v1".into(),
             group: fmt.group,
             exp_offset,
+            dtype: None,
         },
         grid: [
             GridDim::Const {

@@ -32,6 +32,7 @@ fn main() {
             mag_shift: 1,
             second_half: "bitreverse".into(),
             mask: 0x8E8E_8E8E,
+            fragment: None,
         };
         let mut best = f64::INFINITY;
         let mut checksum = 0u32;

@@ -498,11 +498,13 @@ pub(crate) mod testutil {
                 mag_shift: 1,
                 second_half: "bitreverse".into(),
                 mask: 0x8E8E_8E8E,
+                fragment: None,
             },
             scale_layout: ScaleLayout {
                 id: SCALE_LAYOUT_ID.into(),
                 group: scheme.group() as u32,
                 exp_offset: bias_exp - 1,
+                dtype: None,
             },
         }
     }

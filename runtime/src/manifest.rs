@@ -211,8 +211,37 @@ pub struct WeightLayout {
     pub atom_k: u32,
     pub words_per_lane: u32,
     pub mag_shift: u32,
-    /// `bitreverse` or `rotl4`: how the kernel brings the second four elements into place.
+    /// `bitreverse` or `rotl4`: how the kernel brings the second four elements into place (`pieces` for
+    /// `nibble.mma_sync_a.v1`).
     pub second_half: String,
+    pub mask: u32,
+    /// `nibble.mma_sync_a.v1` only: how each of the four 32-bit operand registers is cut out of a word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragment: Option<FragmentBits>,
+}
+
+/// The bit recipe of `nibble.mma_sync_a.v1` (NVIDIA `mma.sync` A fragments, 32 lanes).
+///
+/// u32 word index `((nb * (K / kc) + c) * 32 + lane) * words_per_lane + j`, with `kc = atom_k * words_per_lane`,
+/// holds the 8 A-fragment elements of one m16n8k16 atom for `lane = 4g + t`: element `f = 0..7` is
+/// `W[n = nb*16 + g + 8*((f/2) % 2)][k = (c*words_per_lane + j)*16 + 2t + f%2 + 8*(f/4)]`.
+/// The kernel forms operand register `r = 0..3` (elements `2r` in the low half, `2r+1` in the high half) as
+/// `OR over outputs[r] of ((shift >= 0 ? word << shift : word >> -shift) & mask)`. In half `h` of a register the
+/// element's sign lands on bit `16h + 15` and its three low code bits on bits `16h + mag_shift ..= 16h + mag_shift + 2`
+/// (`mag_shift` is the operand type's mantissa width minus the element's), so the register reads as two bf16/f16
+/// values `element * 2^(element bias - operand bias)`. Every word bit feeds exactly one output bit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FragmentBits {
+    pub outputs: Vec<Vec<BitPiece>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BitPiece {
+    /// Left shift (negative: logical right shift) applied to the word.
+    pub shift: i32,
+    /// Output bits this piece provides.
     pub mask: u32,
 }
 
@@ -226,6 +255,9 @@ pub struct ScaleLayout {
     pub group: u32,
     /// log2 of the factor folded into every scale.
     pub exp_offset: i32,
+    /// Element type of the repacked scales: `f32` when absent; `bf16`/`f16` for `nibble.scales_mma_sync_a.v1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
 }
 
 #[derive(Debug, Error)]

@@ -505,6 +505,7 @@ mod tests {
             }
             .into(),
             mask: 0x8080_8080 | (0x0707_0707 << mag_shift),
+            fragment: None,
         }
     }
 
@@ -745,6 +746,7 @@ mod tests {
                         id: SCALE_LAYOUT_ID.into(),
                         group: fmt.group,
                         exp_offset,
+                        dtype: None,
                     };
                     let n = values.len();
                     let rep = repack_scales(&sl, &fmt, &data, n, fmt.group as usize)
@@ -780,6 +782,7 @@ mod tests {
             id: SCALE_LAYOUT_ID.into(),
             group: 32,
             exp_offset: 15,
+            dtype: None,
         };
         let fmt = format(&elem, "e8m0", 32);
         let rep = repack_scales(&sl, &fmt, &ScaleData::Bytes(vec![127]), 1, 32).expect("repacks");
@@ -915,6 +918,7 @@ mod tests {
             id: SCALE_LAYOUT_ID.into(),
             group: 32,
             exp_offset: 15,
+            dtype: None,
         };
         let codes: Vec<u8> = (0..=239).collect();
         let rep = repack_scales(&sl, &fmt, &ScaleData::Bytes(codes.clone()), 240, 32)
@@ -1011,6 +1015,7 @@ mod tests {
             id: SCALE_LAYOUT_ID.into(),
             group: 32,
             exp_offset: 15,
+            dtype: None,
         };
         let s = ScaleData::Bytes(vec![127; 2]);
         assert!(repack_scales(&sl, &fmt, &s, 1, 64).is_ok());
