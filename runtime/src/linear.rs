@@ -24,7 +24,7 @@ use crate::bundle::{self, BundleError, BundleKernel, KernelBundle};
 use crate::checkpoint::{Checkpoint, CheckpointError, LayerData, QuantScheme};
 use crate::manifest::{Format, ScaleLayout, WeightLayout};
 use crate::numerics::reference::{self, RefError};
-use crate::numerics::repack::{repack_scales, repack_weight, RepackError};
+use crate::numerics::repack::{repack_scales_for, repack_weight, RepackError, RepackedScales};
 use crate::numerics::DType;
 
 #[derive(Debug, Error)]
@@ -79,10 +79,10 @@ pub struct Half16Host<'a> {
 pub struct Packing {
     pub weight_layout: WeightLayout,
     pub scale_layout: ScaleLayout,
-    /// `N*K/8` words of `nibble.mfma_pairs.v1`.
+    /// `N*K/8` words of `nibble.mfma_pairs.v1` or `nibble.mma_sync_a.v1`.
     pub weight: Vec<u32>,
-    /// f32 `[N, K/group]` of `nibble.scales_f32.v1`.
-    pub scales: Vec<f32>,
+    /// f32 `[N, K/group]` of `nibble.scales_f32.v1`, or the u16 values of `nibble.scales_mma_sync_a.v1`.
+    pub scales: RepackedScales,
 }
 
 /// A layer ready to run: the checkpoint's per-layer values, the kernels for its shape and their repacked buffers.
@@ -412,8 +412,15 @@ impl<B: Backend> QuantLinear<B> {
             };
             let weight = repack_weight(&mf.weight_layout, &mf.format.element, data.weight, n, k)
                 .map_err(rerr)?;
-            let scales =
-                repack_scales(&mf.scale_layout, &mf.format, &data.scales, n, k).map_err(rerr)?;
+            let scales = repack_scales_for(
+                &mf.weight_layout,
+                &mf.scale_layout,
+                &mf.format,
+                &data.scales,
+                n,
+                k,
+            )
+            .map_err(rerr)?;
             kernel_packing.push(packings.len());
             packings.push(Packing {
                 weight_layout: mf.weight_layout.clone(),
@@ -613,7 +620,7 @@ mod tests {
             let ScaleData::Bytes(codes) = &data.scales else {
                 panic!("bytes")
             };
-            for (c, &v) in codes.iter().zip(&p.scales) {
+            for (c, &v) in codes.iter().zip(p.scales.as_f32().expect("f32 scales")) {
                 assert_eq!(v, e8m0_decode(*c) * 2f32.powi(p.scale_layout.exp_offset));
             }
         }
@@ -665,7 +672,10 @@ mod tests {
         let ScaleData::Bytes(codes) = &data.scales else {
             panic!("bytes")
         };
-        for (c, &v) in codes.iter().zip(&l.packings[0].scales) {
+        for (c, &v) in codes
+            .iter()
+            .zip(l.packings[0].scales.as_f32().expect("f32 scales"))
+        {
             assert_eq!(v, e4m3fn_decode(*c) * 2f32.powi(15));
         }
         for m in [1, 7, 33] {

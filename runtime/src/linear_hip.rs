@@ -219,9 +219,18 @@ impl Backend for HipBackend {
                     .upload(&p.weight)
                     .map_err(|e| hip_err(layer, e))?,
             );
+            let Some(f32_scales) = p.scales.as_f32() else {
+                return Err(hip_err(
+                    layer,
+                    format!(
+                        "scale layout {} is not an AMD layout (f32 scales)",
+                        p.scale_layout.id
+                    ),
+                ));
+            };
             scales.push(
                 self.device
-                    .upload(&p.scales)
+                    .upload(f32_scales)
                     .map_err(|e| hip_err(layer, e))?,
             );
         }

@@ -338,7 +338,12 @@ impl Manifest {
             return Err("element must be a 4-bit minifloat (exp_bits + man_bits = 3)".into());
         }
         let wl = &self.weight_layout;
-        let kc = wl.words_per_lane * 2 * wl.atom_k;
+        // K per chunk: `mfma_pairs` words span two MFMA atoms along K, `mma_sync_a` words one.
+        let kc = if wl.fragment.is_some() {
+            wl.words_per_lane * wl.atom_k
+        } else {
+            wl.words_per_lane * 2 * wl.atom_k
+        };
         if wl.atom_n == 0 || kc == 0 || !s.n.is_multiple_of(wl.atom_n) || !s.k.is_multiple_of(kc) {
             return Err("weight layout does not divide the weight shape".into());
         }

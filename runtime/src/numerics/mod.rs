@@ -10,6 +10,7 @@ pub mod fp8;
 pub mod quantize;
 pub mod reference;
 pub mod repack;
+pub mod repack_mma;
 
 pub use fp8::ScaleType;
 

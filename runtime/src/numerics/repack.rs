@@ -24,7 +24,11 @@ use thiserror::Error;
 
 use super::fp8::ScaleType;
 use super::reference::scale_problem;
-use super::{pow2, ScaleData};
+pub use super::repack_mma::{
+    repack_scales_mma, repack_weight_mma, unpack_weight_mma, MMA_SCALE_LAYOUT_ID,
+    MMA_WEIGHT_LAYOUT_ID,
+};
+use super::{pow2, DType, ScaleData};
 use crate::manifest::{Element, Format, ScaleLayout, WeightLayout};
 
 /// The weight layout this module implements.
@@ -319,6 +323,8 @@ fn check_len(what: &'static str, got: usize, expected: usize) -> Result<(), Repa
 
 /// Repacks checkpoint weight bytes `[N, K/2]` (low nibble = even K) into the u32 words of `layout`
 /// (`N*K/8` words). Multi-threaded over n-tiles. The code 0x8 (-0) is stored as +0.
+///
+/// Layouts with id [`MMA_WEIGHT_LAYOUT_ID`] are repacked by [`repack_weight_mma`].
 pub fn repack_weight(
     layout: &WeightLayout,
     elem: &Element,
@@ -326,6 +332,9 @@ pub fn repack_weight(
     n: usize,
     k: usize,
 ) -> Result<Vec<u32>, RepackError> {
+    if layout.id == MMA_WEIGHT_LAYOUT_ID {
+        return repack_weight_mma(layout, elem, weight, n, k);
+    }
     let g = Geometry::new(layout, n, k)?;
     let codec = WordCodec::new(layout, elem)?;
     check_len("weight", weight.len(), n * k / 2)?;
@@ -359,6 +368,8 @@ pub fn repack_weight(
 
 /// Inverts `repack_weight`: checkpoint bytes `[N, K/2]` from the repacked words. Every code comes back except -0,
 /// which comes back as +0. Words that `repack_weight` cannot produce are an error.
+///
+/// Layouts with id [`MMA_WEIGHT_LAYOUT_ID`] are unpacked by [`unpack_weight_mma`] (exactly, -0 included).
 pub fn unpack_weight(
     layout: &WeightLayout,
     elem: &Element,
@@ -366,6 +377,9 @@ pub fn unpack_weight(
     n: usize,
     k: usize,
 ) -> Result<Vec<u8>, RepackError> {
+    if layout.id == MMA_WEIGHT_LAYOUT_ID {
+        return unpack_weight_mma(layout, elem, words, n, k);
+    }
     let g = Geometry::new(layout, n, k)?;
     let codec = WordCodec::new(layout, elem)?;
     check_len("repacked weight", words.len(), g.words())?;
@@ -482,6 +496,80 @@ pub fn repack_scales(
         out.push(p32);
     }
     Ok(out)
+}
+
+/// Repacked scales, in the element type of their layout.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RepackedScales {
+    /// `nibble.scales_f32.v1`.
+    F32(Vec<f32>),
+    /// `nibble.scales_mma_sync_a.v1`: bit patterns of `dtype`.
+    Half16 { dtype: DType, bits: Vec<u16> },
+}
+
+impl RepackedScales {
+    /// The element type name as the manifest's `scales` argument spells it.
+    pub fn elem(&self) -> &'static str {
+        match self {
+            RepackedScales::F32(_) => "f32",
+            RepackedScales::Half16 { dtype, .. } => dtype.name(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            RepackedScales::F32(v) => v.len(),
+            RepackedScales::Half16 { bits, .. } => bits.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            RepackedScales::F32(v) => 4 * v.len(),
+            RepackedScales::Half16 { bits, .. } => 2 * bits.len(),
+        }
+    }
+
+    /// The f32 values, for the f32 layout.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match self {
+            RepackedScales::F32(v) => Some(v),
+            RepackedScales::Half16 { .. } => None,
+        }
+    }
+
+    /// Little-endian bytes, as a device buffer holds them.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        match self {
+            RepackedScales::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            RepackedScales::Half16 { bits, .. } => {
+                bits.iter().flat_map(|x| x.to_le_bytes()).collect()
+            }
+        }
+    }
+}
+
+/// Repacks scales for the layout pair of a kernel: [`repack_scales`] for `nibble.scales_f32.v1`,
+/// [`repack_scales_mma`] for `nibble.scales_mma_sync_a.v1` (whose chunk K comes from the weight layout).
+pub fn repack_scales_for(
+    weight_layout: &WeightLayout,
+    layout: &ScaleLayout,
+    fmt: &Format,
+    scales: &ScaleData,
+    n: usize,
+    k: usize,
+) -> Result<RepackedScales, RepackError> {
+    if layout.id == MMA_SCALE_LAYOUT_ID {
+        let (dtype, bits) = repack_scales_mma(weight_layout, layout, fmt, scales, n, k)?;
+        Ok(RepackedScales::Half16 { dtype, bits })
+    } else {
+        repack_scales(layout, fmt, scales, n, k).map(RepackedScales::F32)
+    }
 }
 
 #[cfg(test)]
