@@ -9,6 +9,17 @@ use crate::spec::MmaAtom;
 pub enum Arch {
     Gfx90a,
     Gfx942,
+    Sm80,
+    Sm90,
+}
+
+/// GPU vendor family: decides the kernel builder, the dequant route and the codegen backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    /// CDNA: wave64, MFMA, buffer loads, hsaco through the AMDGPU backend and ld.lld.
+    Amd,
+    /// Ampere/Hopper: warp32, `mma.sync`, PTX through the NVPTX backend.
+    Nvidia,
 }
 
 /// Per-arch facts (../shared/reference/targets.md, mfma-layouts.md).
@@ -30,6 +41,9 @@ pub struct ArchInfo {
     pub hbm_tb_s: f64,
     pub bf16_tflops: f64,
     pub clock_ghz: f64,
+    pub vendor: Vendor,
+    /// Cycles a SIMD (SM sub-partition) spends issuing one wave-wide integer/logic instruction.
+    pub valu_issue_cycles: f64,
 }
 
 const ATOMS: &[MmaAtom] = &[MmaAtom::M16N16K16, MmaAtom::M32N32K8];
@@ -49,6 +63,8 @@ pub const ARCHES: &[ArchInfo] = &[
         hbm_tb_s: 1.6,
         bf16_tflops: 191.5,
         clock_ghz: 1.7,
+        vendor: Vendor::Amd,
+        valu_issue_cycles: 4.0,
     },
     ArchInfo {
         arch: Arch::Gfx942,
@@ -64,6 +80,45 @@ pub const ARCHES: &[ArchInfo] = &[
         hbm_tb_s: 5.3,
         bf16_tflops: 1307.0,
         clock_ghz: 2.1,
+        vendor: Vendor::Amd,
+        valu_issue_cycles: 4.0,
+    },
+    // NVIDIA: a "SIMD" is an SM sub-partition (4 per SM, 16K 32-bit registers = 512 per lane slot, 16 warps); the
+    // DSL's MFMA atoms map to m16n8k16 `mma.sync` (2 or 4 per atom); integer/logic instructions issue at 16 lanes per
+    // cycle per sub-partition. Static shared memory is limited to 48 KiB per block.
+    ArchInfo {
+        arch: Arch::Sm80,
+        name: "sm_80",
+        wave_size: 32,
+        lds_bytes: 48 * 1024,
+        regs_per_simd_lane: 512,
+        max_vgprs: 255,
+        max_waves_per_simd: 16,
+        cus: 108,
+        mfma_atoms: ATOMS,
+        mfma_cycles: [16, 32],
+        hbm_tb_s: 2.0,
+        bf16_tflops: 312.0,
+        clock_ghz: 1.41,
+        vendor: Vendor::Nvidia,
+        valu_issue_cycles: 2.0,
+    },
+    ArchInfo {
+        arch: Arch::Sm90,
+        name: "sm_90",
+        wave_size: 32,
+        lds_bytes: 48 * 1024,
+        regs_per_simd_lane: 512,
+        max_vgprs: 255,
+        max_waves_per_simd: 16,
+        cus: 132,
+        mfma_atoms: ATOMS,
+        mfma_cycles: [16, 32],
+        hbm_tb_s: 3.35,
+        bf16_tflops: 990.0,
+        clock_ghz: 1.83,
+        vendor: Vendor::Nvidia,
+        valu_issue_cycles: 2.0,
     },
 ];
 
@@ -74,6 +129,12 @@ impl Arch {
     }
     pub fn name(self) -> &'static str {
         self.info().name
+    }
+    pub fn vendor(self) -> Vendor {
+        self.info().vendor
+    }
+    pub fn is_nvidia(self) -> bool {
+        self.vendor() == Vendor::Nvidia
     }
     pub fn from_name(name: &str) -> Option<Arch> {
         ARCHES.iter().find(|a| a.name == name).map(|a| a.arch)

@@ -63,6 +63,11 @@ pub fn run_pipeline(module: &mut Module<'static>, pipeline: &str) -> Result<(), 
 pub const CLEANUP: &str = "builtin.module(gpu.module(canonicalize,cse))";
 
 pub fn lowering_pipeline(arch: Arch) -> String {
+    if arch.is_nvidia() {
+        return "builtin.module(gpu.module(convert-scf-to-cf,convert-gpu-to-nvvm{index-bitwidth=32 \
+                use-bare-ptr-memref-call-conv=true}),reconcile-unrealized-casts)"
+            .to_string();
+    }
     format!(
         "builtin.module(gpu.module(convert-scf-to-cf,convert-gpu-to-rocdl{{chipset={} index-bitwidth=32 \
          use-bare-ptr-memref-call-conv=true}}),reconcile-unrealized-casts)",
@@ -75,7 +80,11 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
     run_pipeline(module, &lowering_pipeline(arch))?;
     let gpu = find_gpu_module(module).ok_or(CodegenError::NoGpuModule)?;
 
-    Target::initialize_amd_gpu(&InitializationConfig::default());
+    if arch.is_nvidia() {
+        Target::initialize_nvptx(&InitializationConfig::default());
+    } else {
+        Target::initialize_amd_gpu(&InitializationConfig::default());
+    }
     let llvm = LlvmContext::create();
     // SAFETY: `gpu` is a live op of `module`; the returned module belongs to `llvm`, which outlives it here.
     let raw = unsafe {
@@ -88,13 +97,18 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
     let lm: LlvmModule =
         unsafe { LlvmModule::new(raw as inkwell::llvm_sys::prelude::LLVMModuleRef) };
 
-    let triple = TargetTriple::create("amdgcn-amd-amdhsa");
+    let (triple, features) = if arch.is_nvidia() {
+        // PTX 8.0 is the first ISA version with sm_90; it also covers sm_80.
+        (TargetTriple::create("nvptx64-nvidia-cuda"), "+ptx80")
+    } else {
+        (TargetTriple::create("amdgcn-amd-amdhsa"), "")
+    };
     let target = Target::from_triple(&triple).map_err(|e| CodegenError::Llvm(e.to_string()))?;
     let tm = target
         .create_target_machine(
             &triple,
             arch.name(),
-            "",
+            features,
             OptimizationLevel::Aggressive,
             RelocMode::PIC,
             CodeModel::Default,
@@ -113,6 +127,14 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
         .write_to_memory_buffer(&listing, FileType::Assembly)
         .map_err(|e| CodegenError::Llvm(e.to_string()))?;
     let isa = String::from_utf8_lossy(isa.as_slice()).into_owned();
+    if arch.is_nvidia() {
+        // The code object is the PTX text itself: the CUDA driver JIT-compiles it for the device at load time.
+        return Ok(Artifacts {
+            hsaco: isa.clone().into_bytes(),
+            llvm_ir,
+            isa,
+        });
+    }
     let obj = tm
         .write_to_memory_buffer(&lm, FileType::Object)
         .map_err(|e| CodegenError::Llvm(e.to_string()))?;

@@ -26,18 +26,16 @@ use melior::IrRewriter;
 
 use crate::ir::{self, Emitter, IrError};
 use crate::kernel::{dtype, DEQUANT_FN};
-use crate::plan::{Bf8Convert, Plan, SecondHalf};
+use crate::plan::{Bf8Convert, FragmentPlan, Plan, SecondHalf};
 
 /// `func.func private @nibble_dequant(%word: i32, %scale: f32) -> vector<8xT>` with the reference body.
 pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
     let i32t = e.int(32);
-    let f32t = e.f32();
     let xt = dtype(e, p.x);
     let out = e.vector(8, xt);
+    let s2 = scale_type(e, p);
     let region = Region::new();
-    let block = ir::emit::detach(
-        region.append_block(Block::new(&[(i32t, e.loc), (e.vector(2, f32t), e.loc)])),
-    );
+    let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, e.loc), (s2, e.loc)])));
     let b = e.at(block);
     let arg = |i| {
         block
@@ -52,10 +50,7 @@ pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), I
     let func = OperationBuilder::new("func.func", e.loc)
         .add_attributes(&[
             (e.ident("sym_name"), e.string(DEQUANT_FN)),
-            (
-                e.ident("function_type"),
-                e.func_type(&[i32t, e.vector(2, f32t)], &[out]),
-            ),
+            (e.ident("function_type"), e.func_type(&[i32t, s2], &[out])),
             (e.ident("sym_visibility"), e.string("private")),
         ])
         .add_regions([region])
@@ -63,6 +58,16 @@ pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), I
         .map_err(|err| ir::emit::build_err("func.func", err))?;
     e.append(func);
     Ok(())
+}
+
+/// The dequant function's scale operand: two f32 (the same scale twice, for a packed multiply) on AMD; on NVIDIA
+/// the repacked scales of the fragment's two rows (g and g + 8) in the operand type.
+pub fn scale_type<'c>(e: &Emitter<'c, '_>, p: &Plan) -> Type<'c> {
+    if p.fragment.is_some() {
+        e.vector(2, dtype(e, p.x))
+    } else {
+        e.vector(2, e.f32())
+    }
 }
 
 fn second_half<'c, 'b>(
@@ -88,7 +93,9 @@ fn reference_body<'c, 'b>(
     scale: Value<'c, 'b>,
 ) -> Result<Value<'c, 'b>, IrError> {
     let f32t = e.f32();
-    let elem = &p.format.element;
+    if let Some(f) = &p.fragment {
+        return fragment_reference(e, p, f, word, scale);
+    }
     let other = second_half(e, p, word)?;
     let mut codes = vec![];
     for t in 0..8u32 {
@@ -106,6 +113,25 @@ fn reference_body<'c, 'b>(
         let mag = e.andi(mag, seven)?;
         codes.push(e.ori(sign, mag)?);
     }
+    let values = decode_codes(e, p, &codes)?;
+    let f8 = e.vector(8, f32t);
+    // The repacked scale carries 2^(16 - bias); the reference undoes it to use the checkpoint's scale itself.
+    let undo = e.f32c(2f64.powi(-p.dequant.exp_offset))?;
+    let scale = e.extract(scale, 0, f32t)?;
+    let true_scale = e.mulf(scale, undo)?;
+    let sv = e.broadcast(true_scale, f8)?;
+    let prod = e.mulf(values, sv)?;
+    e.truncf(prod, e.vector(8, dtype(e, p.x)))
+}
+
+/// Exact f32 values of eight 4-bit codes (i32 values 0..15).
+fn decode_codes<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    codes: &[Value<'c, 'b>],
+) -> Result<Value<'c, 'b>, IrError> {
+    let f32t = e.f32();
+    let elem = &p.format.element;
     let f8 = e.vector(8, f32t);
     let values = if elem.exp_bits == 2 && elem.man_bits == 1 && elem.bias == 1 {
         // e2m1 is MLIR's f4E2M1FN: let arith.extf define the element values.
@@ -131,7 +157,7 @@ fn reference_body<'c, 'b>(
             )],
         )?;
         let mut vals = vec![];
-        for c in &codes {
+        for c in codes {
             let ci = e.index_cast(*c, e.index())?;
             vals.push(e.op1(
                 "vector.extract",
@@ -145,13 +171,112 @@ fn reference_body<'c, 'b>(
         }
         e.from_elements(&vals, f8)?
     };
-    // The repacked scale carries 2^(16 - bias); the reference undoes it to use the checkpoint's scale itself.
-    let undo = e.f32c(2f64.powi(-p.dequant.exp_offset))?;
-    let scale = e.extract(scale, 0, f32t)?;
-    let true_scale = e.mulf(scale, undo)?;
-    let sv = e.broadcast(true_scale, f8)?;
+    Ok(values)
+}
+
+/// NVIDIA reference: element f of the A fragment (register f / 2, half f % 2) has its code bits wherever the
+/// pieces fetch them from; its value times the repacked scale of its row (g for registers 0 and 2, g + 8 for 1
+/// and 3) times 2^(element bias - operand bias) is element * scale * 2^-epilogue_exp, rounded once.
+fn fragment_reference<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    f: &FragmentPlan,
+    word: Value<'c, 'b>,
+    scale: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let f32t = e.f32();
+    let xt = dtype(e, p.x);
+    let one = e.i32c(1)?;
+    let mut codes = vec![];
+    for el in 0..8u32 {
+        let (reg, half) = ((el / 2) as usize, el % 2);
+        // Code bit 3 (sign) sits at bit 15 of the half, code bits 0..2 at mag_low.. of the half.
+        let targets = [
+            (0, 16 * half + f.mag_low),
+            (1, 16 * half + f.mag_low + 1),
+            (2, 16 * half + f.mag_low + 2),
+            (3, 16 * half + 15),
+        ];
+        let mut code = None;
+        for (cbit, obit) in targets {
+            let src = crate::plan::fragment_source_bit(&f.outputs, reg, obit)
+                .ok_or_else(|| ir::emit::build_err("nibble_dequant", "fragment bit without a piece"))?;
+            let sh = e.i32c(i64::from(src))?;
+            let b = e.shrui(word, sh)?;
+            let b = e.andi(b, one)?;
+            let b = if cbit > 0 {
+                let c = e.i32c(cbit)?;
+                e.shli(b, c)?
+            } else {
+                b
+            };
+            code = Some(match code {
+                None => b,
+                Some(acc) => e.ori(acc, b)?,
+            });
+        }
+        codes.push(code.ok_or_else(|| ir::emit::build_err("nibble_dequant", "empty code"))?);
+    }
+    let values = decode_codes(e, p, &codes)?;
+    let mut scales = vec![];
+    for el in 0..8u32 {
+        let row_half = i64::from((el / 2) % 2);
+        let sv = e.extract(scale, row_half, xt)?;
+        scales.push(e.extf(sv, f32t)?);
+    }
+    let sv = e.from_elements(&scales, e.vector(8, f32t))?;
     let prod = e.mulf(values, sv)?;
-    e.truncf(prod, e.vector(8, dtype(e, p.x)))
+    let raw = e.f32c(2f64.powi(p.format.element.bias - f.operand_bias))?;
+    let rv = e.broadcast(raw, e.vector(8, f32t))?;
+    let prod = e.mulf(prod, rv)?;
+    e.truncf(prod, e.vector(8, xt))
+}
+
+/// NVIDIA packed sequence: each operand register is the OR of its shifted, masked pieces of the word (the
+/// element bits land in bf16/f16 halves as element * 2^(bias - operand bias)), then one packed multiply by its
+/// row's repacked scale.
+fn fragment_bits<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    f: &FragmentPlan,
+    word: Value<'c, 'b>,
+    scale: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let i32t = e.int(32);
+    let xt = dtype(e, p.x);
+    let v2 = e.vector(2, xt);
+    let mut regs = vec![];
+    for (r, pieces) in f.outputs.iter().enumerate() {
+        let mut acc = None;
+        for piece in pieces {
+            let moved = match piece.shift {
+                0 => word,
+                s if s > 0 => {
+                    let c = e.i32c(i64::from(s))?;
+                    e.shli(word, c)?
+                }
+                s => {
+                    let c = e.i32c(i64::from(-s))?;
+                    e.shrui(word, c)?
+                }
+            };
+            let m = e.const_int(i64::from(piece.mask as i32), i32t)?;
+            let v = e.andi(moved, m)?;
+            acc = Some(match acc {
+                None => v,
+                Some(a) => e.ori(a, v)?,
+            });
+        }
+        let bits = acc.ok_or_else(|| ir::emit::build_err("nibble_dequant", "register without pieces"))?;
+        let v1 = e.broadcast(bits, e.vector(1, i32t))?;
+        let raw = e.vbitcast(v1, v2)?;
+        let h = (r % 2) as i64;
+        let s2 = e.shuffle(scale, scale, &[h, h], xt)?;
+        regs.push(e.mulf(raw, s2)?);
+    }
+    let q0 = e.shuffle(regs[0], regs[1], &[0, 1, 2, 3], xt)?;
+    let q1 = e.shuffle(regs[2], regs[3], &[0, 1, 2, 3], xt)?;
+    e.shuffle(q0, q1, &[0, 1, 2, 3, 4, 5, 6, 7], xt)
 }
 
 /// The packed sequence for one word: 8 elements, scaled and packed into the operand type.
@@ -161,6 +286,9 @@ pub fn bit_trick<'c, 'b>(
     word: Value<'c, 'b>,
     scale: Value<'c, 'b>,
 ) -> Result<Value<'c, 'b>, IrError> {
+    if let Some(f) = &p.fragment {
+        return fragment_bits(e, p, f, word, scale);
+    }
     let i32t = e.int(32);
     let f32t = e.f32();
     let xt = dtype(e, p.x);
@@ -216,6 +344,12 @@ pub fn bit_trick<'c, 'b>(
                     let prod = e.mulf(pf, s2)?;
                     pairs.push(pack(prod)?);
                 }
+            }
+            Bf8Convert::Direct => {
+                return Err(ir::emit::build_err(
+                    "nibble_dequant",
+                    "the direct route needs a fragment plan",
+                ))
             }
             Bf8Convert::ViaF16 => {
                 // A bf8 byte is the high byte of an f16: `(w << 8) & 0xFF00FF00` holds bytes 0 and 2 as two f16,
@@ -322,7 +456,7 @@ pub fn build_probe(p: &Plan) -> Result<Module<'static>, IrError> {
     let top = Emitter::new(ctx, loc, ir::emit::detach(module.body()));
     build_reference_fn(&top, p)?;
     let i32t = top.int(32);
-    let s2 = top.vector(2, top.f32());
+    let s2 = scale_type(&top, p);
     let out = top.vector(8, dtype(&top, p.x));
     let region = Region::new();
     let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, loc), (s2, loc)])));

@@ -249,7 +249,7 @@ pub fn compile_one_to_dir(
     }
     let compile_seconds = start.elapsed().as_secs_f64();
     let stem = manifest::stem(&out.plan);
-    let hsaco = out_dir.join(format!("{stem}.hsaco"));
+    let hsaco = out_dir.join(&out.manifest.code_object);
     let json = out_dir.join(format!("{stem}.json"));
     write_atomically(&hsaco, &out.hsaco)?;
     write_atomically(

@@ -39,7 +39,11 @@ pub fn build(plan: &Plan) -> Result<Module<'static>, IrError> {
     let inner = top.at(gpu_block);
     dequant::build_reference_fn(&inner, plan)?;
     source_hash_global(&inner, plan)?;
-    build_kernel(&inner, plan)?;
+    if plan.fragment.is_some() {
+        crate::kernel_nv::build_kernel(&inner, plan)?;
+    } else {
+        build_kernel(&inner, plan)?;
+    }
 
     let gpu_module = OperationBuilder::new("gpu.module", loc)
         .add_attributes(&[(top.ident("sym_name"), top.string(GPU_MODULE))])

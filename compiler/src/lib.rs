@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod interp;
 pub mod ir;
 pub mod kernel;
+pub mod kernel_nv;
 pub mod linalg;
 pub mod manifest;
 pub mod model;

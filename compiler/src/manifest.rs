@@ -13,6 +13,15 @@ pub fn stem(plan: &Plan) -> String {
     format!("{}.{}", plan.kernel, plan.arch.name())
 }
 
+/// File extension of the code object: an AMDGPU ELF code object, or PTX text for NVIDIA targets.
+pub fn code_object_extension(arch: crate::arch::Arch) -> &'static str {
+    if arch.is_nvidia() {
+        "ptx"
+    } else {
+        "hsaco"
+    }
+}
+
 pub fn from_plan(p: &Plan) -> Manifest {
     let t = &p.tiling;
     let e = &p.format.element;
@@ -23,7 +32,7 @@ pub fn from_plan(p: &Plan) -> Manifest {
         kernel: p.kernel.clone(),
         symbol: p.symbol.clone(),
         arch: p.arch.name().to_string(),
-        code_object: format!("{}.hsaco", stem(p)),
+        code_object: format!("{}.{}", stem(p), code_object_extension(p.arch)),
         kernel_ir: format!("{}.kernel.mlir", stem(p)),
         shapes: m::Shapes {
             n: p.n,

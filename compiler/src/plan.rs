@@ -3,7 +3,9 @@
 //! Architecture invariant: the IR builders, the manifest and the runtime's repacking all read these fields; none of
 //! them recomputes a layout decision on its own.
 
-use nibble_runtime::manifest::{ArgRole, GridDim, KernelArg, ScaleLayout, WeightLayout};
+use nibble_runtime::manifest::{
+    ArgRole, BitPiece, FragmentBits, GridDim, KernelArg, ScaleLayout, WeightLayout,
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -56,6 +58,24 @@ pub enum Bf8Convert {
     /// byte permutes place the bytes as f16 high bytes, `v_cvt_f32_f16` widens them, and the value is
     /// element * 2^(bias - 15), so the repacked scales carry 2^(15 - bias) on this path.
     ViaF16,
+    /// NVIDIA: no byte format in between. Shifts and masks place each element's bits straight into a bf16/f16 half
+    /// of an `mma.sync` operand register (see `FragmentPlan`), and one packed 16-bit multiply applies the scale.
+    Direct,
+}
+
+/// The NVIDIA dequantization recipe: how the four operand registers of an m16n8k16 A fragment are cut out of one
+/// weight word, and the power of two the epilogue restores.
+#[derive(Debug, Clone, Serialize)]
+pub struct FragmentPlan {
+    /// Bit of a 16-bit half where the element's three low code bits start (operand mantissa width - element's).
+    pub mag_low: u32,
+    /// Per operand register, the `(shift, mask)` pieces whose OR forms it (`fragment_pieces`).
+    pub outputs: Vec<Vec<BitPiece>>,
+    /// The MMA operand is element * scale * 2^-epilogue_exp (so every scale the layout accepts stays inside the
+    /// operand type's range); the epilogue multiplies the accumulators by 2^epilogue_exp.
+    pub epilogue_exp: i32,
+    /// Exponent bias of the operand type (127 for bf16, 15 for f16).
+    pub operand_bias: i32,
 }
 
 /// The dequantization recipe the dequant pass emits.
@@ -113,6 +133,8 @@ pub struct Plan {
     /// f32 scales each lane loads per K iteration and n-tile.
     pub scales_per_iter: u32,
     pub dequant: DequantPlan,
+    /// NVIDIA targets: the fragment bit recipe (None on AMD).
+    pub fragment: Option<FragmentPlan>,
     pub weight_layout: WeightLayout,
     pub scale_layout: ScaleLayout,
     pub grid: [GridDim; 3],
@@ -192,10 +214,17 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let convert = match arch {
         Arch::Gfx942 => Bf8Convert::Hardware,
         Arch::Gfx90a => Bf8Convert::ViaF16,
+        Arch::Sm80 | Arch::Sm90 => Bf8Convert::Direct,
     };
-    let exp_offset = match convert {
-        Bf8Convert::Hardware => BF8_BIAS - elem.bias,
-        Bf8Convert::ViaF16 => BF8_BIAS - 1 - elem.bias,
+    let fragment = if convert == Bf8Convert::Direct {
+        Some(fragment_plan(spec).map_err(unsupported)?)
+    } else {
+        None
+    };
+    let exp_offset = match (&fragment, convert) {
+        (Some(f), _) => f.operand_bias - elem.bias - f.epilogue_exp,
+        (None, Bf8Convert::ViaF16) => BF8_BIAS - 1 - elem.bias,
+        (None, _) => BF8_BIAS - elem.bias,
     };
     // element * scale is exact in a 16-bit float when the significands fit: elements carry at most 3 significant
     // bits, e8m0 scales 1 and e4m3 scales 4; bf16 holds 8 and f16 11. Other scales go through a rounding convert.
@@ -215,17 +244,43 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let exact_pack = spec.x == DType::Bf16 && elem_bits + scale_bits <= operand_bits;
 
     let waves = t.waves_m * t.waves_n;
-    let threads = waves * 64;
+    let lanes = arch.info().wave_size;
+    let threads = waves * lanes;
     let wave_m = t.tile_m / t.waves_m;
     let wave_n = t.tile_n / t.waves_n;
-    let pairs_per_iter = t.tile_k / (2 * atom.k());
+    let nvidia = fragment.is_some();
+    // AMD: MFMA pairs (2 * atom.k of K, one word per lane); NVIDIA: m16n8k16 steps (16 of K, one word per lane).
+    let pairs_per_iter = if nvidia {
+        t.tile_k / NV_ATOM_K
+    } else {
+        t.tile_k / (2 * atom.k())
+    };
     let wchunks_per_iter = pairs_per_iter / WORDS_PER_LANE;
+    // NVIDIA: weight rows are the MMA's M (16 per atom), tokens its N (8 per atom).
+    let (m_tiles, n_tiles) = if nvidia {
+        (wave_m.div_ceil(NV_ATOM_TOKENS), wave_n / NV_ATOM_ROWS)
+    } else {
+        (wave_m / atom.m(), wave_n / atom.n())
+    };
     let lds_row = t.tile_k + LDS_ROW_PAD;
     let lds_stage_elems = t.tile_m * lds_row;
     let lds_bytes = t.stages * lds_stage_elems * 2;
     let x_vecs = t.tile_m * t.tile_k / 8;
     let x_vecs_per_thread = x_vecs.div_ceil(threads);
-    let scales_per_iter = (t.tile_k / fmt.group).max(1);
+    let scales_per_iter = if nvidia {
+        // Per chunk of 64 K: one scale per group slot for rows g and g + 8.
+        wchunks_per_iter * nv_group_slots(fmt.group) * 2
+    } else {
+        (t.tile_k / fmt.group).max(1)
+    };
+    if nvidia && (lds_bytes > arch.info().lds_bytes || !wave_n.is_multiple_of(NV_ATOM_ROWS)) {
+        return Err(unsupported(format!(
+            "on {} a wave's {} weight rows must be a multiple of 16 and the x tile must fit 48 KiB of static shared \
+             memory (it needs {lds_bytes} bytes)",
+            arch.name(),
+            wave_n
+        )));
+    }
 
     let k_iters = spec.k / t.tile_k;
     let split_k = choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, arch);
@@ -268,7 +323,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     push("x", ArgRole::X, "ptr", Some(spec.x.name()), 8);
     push("w", ArgRole::Weight, "ptr", Some("u32"), 8);
-    push("scales", ArgRole::Scales, "ptr", Some("f32"), 8);
+    let scale_elem = if nvidia { spec.x.name() } else { "f32" };
+    push("scales", ArgRole::Scales, "ptr", Some(scale_elem), 8);
     if let Some(b) = spec.bias {
         push("bias", ArgRole::Bias, "ptr", Some(b.name()), 8);
     }
@@ -298,8 +354,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         atom,
         wave_m,
         wave_n,
-        m_tiles: wave_m / atom.m(),
-        n_tiles: wave_n / atom.n(),
+        m_tiles,
+        n_tiles,
         pairs_per_iter,
         wchunks_per_iter,
         k_iters,
@@ -320,22 +376,41 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             operand: spec.x,
             exp_offset,
         },
-        weight_layout: WeightLayout {
-            id: "nibble.mfma_pairs.v1".into(),
-            atom_n: atom.n(),
-            atom_k: atom.k(),
-            words_per_lane: WORDS_PER_LANE,
-            mag_shift,
-            second_half: second_half.name().into(),
-            mask,
-            fragment: None,
+        weight_layout: match &fragment {
+            None => WeightLayout {
+                id: "nibble.mfma_pairs.v1".into(),
+                atom_n: atom.n(),
+                atom_k: atom.k(),
+                words_per_lane: WORDS_PER_LANE,
+                mag_shift,
+                second_half: second_half.name().into(),
+                mask,
+                fragment: None,
+            },
+            Some(f) => WeightLayout {
+                id: "nibble.mma_sync_a.v1".into(),
+                atom_n: NV_ATOM_ROWS,
+                atom_k: NV_ATOM_K,
+                words_per_lane: WORDS_PER_LANE,
+                mag_shift: f.mag_low,
+                second_half: "pieces".into(),
+                mask: f.outputs[0].iter().fold(0, |m, p| m | p.mask),
+                fragment: Some(FragmentBits {
+                    outputs: f.outputs.clone(),
+                }),
+            },
         },
         scale_layout: ScaleLayout {
-            id: "nibble.scales_f32.v1".into(),
+            id: if nvidia {
+                "nibble.scales_mma_sync_a.v1".into()
+            } else {
+                "nibble.scales_f32.v1".into()
+            },
             group: fmt.group,
             exp_offset,
-            dtype: None,
+            dtype: nvidia.then(|| spec.x.name().to_string()),
         },
+        fragment,
         grid: [
             GridDim::Const {
                 value: spec.n / t.tile_n,
@@ -345,8 +420,117 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         ],
         args,
         kernarg_bytes,
-        elements_per_lane_iter: wave_n * t.tile_k / 64,
+        elements_per_lane_iter: wave_n * t.tile_k / lanes,
         source_hash: spec.source_hash.clone(),
+    })
+}
+
+/// NVIDIA m16n8k16: weight rows per A atom, tokens per B atom, K per step.
+pub const NV_ATOM_ROWS: u32 = 16;
+pub const NV_ATOM_TOKENS: u32 = 8;
+pub const NV_ATOM_K: u32 = 16;
+/// K covered by one 16-byte weight load of a lane on NVIDIA (4 words, one per m16n8k16 step).
+pub const NV_CHUNK_K: u32 = NV_ATOM_K * WORDS_PER_LANE;
+
+/// Scale slots per row and 64-K chunk in `nibble.scales_mma_sync_a.v1`.
+pub fn nv_group_slots(group: u32) -> u32 {
+    (NV_CHUNK_K / group).max(1)
+}
+
+/// The `(shift, mask)` pieces of the four A-fragment registers, for the magnitude's lowest bit `mag_low` in each
+/// 16-bit half. Found by exhaustive search over shifts (one piece with the whole sign+magnitude mask where a single
+/// shift brings all of a register's bits into place, else a magnitude piece and a sign piece): sign at bit 15 and
+/// a three-bit magnitude cannot tile a 32-bit word under shifts alone, so two registers need two pieces
+/// (11 logic instructions per 8 elements for e2m1 into bf16).
+pub fn fragment_pieces(mag_low: u32) -> Option<Vec<Vec<BitPiece>>> {
+    let mag = (7u32 << mag_low) | (7u32 << (mag_low + 16));
+    let sign = 0x8000_8000u32;
+    let full = mag | sign;
+    let p = |shift: i32, mask: u32| BitPiece { shift, mask };
+    let table = match mag_low {
+        6 => vec![
+            vec![p(0, full)],
+            vec![p(3, full)],
+            vec![p(-3, mag), p(1, sign)],
+            vec![p(6, mag), p(2, sign)],
+        ],
+        5 => vec![
+            vec![p(0, full)],
+            vec![p(4, full)],
+            vec![p(-7, mag), p(11, sign)],
+            vec![p(-3, mag), p(15, sign)],
+        ],
+        9 => vec![
+            vec![p(0, full)],
+            vec![p(3, full)],
+            vec![p(6, mag), p(1, sign)],
+            vec![p(9, mag), p(2, sign)],
+        ],
+        8 => vec![
+            vec![p(0, full)],
+            vec![p(4, full)],
+            vec![p(8, full)],
+            vec![p(-4, mag), p(12, sign)],
+        ],
+        _ => return None,
+    };
+    Some(table)
+}
+
+/// Word bit that feeds output bit `bit` of register `reg`, per the pieces (None if no piece provides it).
+pub fn fragment_source_bit(outputs: &[Vec<BitPiece>], reg: usize, bit: u32) -> Option<u32> {
+    let piece = outputs.get(reg)?.iter().find(|p| p.mask >> bit & 1 == 1)?;
+    u32::try_from(i64::from(bit) - i64::from(piece.shift))
+        .ok()
+        .filter(|b| *b < 32)
+}
+
+fn fragment_plan(spec: &KernelSpec) -> Result<FragmentPlan, String> {
+    let elem = &spec.format.element;
+    let (operand_man, operand_bias, operand_bits) = match spec.x {
+        DType::Bf16 => (7u32, 127, 8u32),
+        DType::F16 => (10, 15, 11),
+    };
+    let mag_low = operand_man - u32::from(elem.man_bits);
+    let outputs = fragment_pieces(mag_low).ok_or_else(|| {
+        format!(
+            "element {} (e{}m{}) has no {} fragment bit recipe",
+            elem.name,
+            elem.exp_bits,
+            elem.man_bits,
+            spec.x.name()
+        )
+    })?;
+    // The scale is applied by one packed multiply in the operand type, so it must convert exactly.
+    let scale_bits = match spec.format.scale {
+        ScaleType::E8m0 => 1,
+        ScaleType::E4m3 => 4,
+        ScaleType::Bf16 => 8,
+        ScaleType::F16 => 11,
+        ScaleType::F32 => 24,
+    };
+    if scale_bits > operand_bits {
+        return Err(format!(
+            "{} scales cannot be applied exactly in a {} multiply on NVIDIA targets; use e8m0, e4m3{} scales",
+            spec.format.scale.name(),
+            spec.x.name(),
+            if spec.x == DType::F16 { ", bf16 or f16" } else { " or bf16" }
+        ));
+    }
+    // The operand is element * scale * 2^-epilogue_exp: chosen so the formats' scales keep the operand (and the
+    // repacked scale, scale * 2^(operand bias - element bias - epilogue_exp)) in range. bf16: e8m0 exponents up to
+    // 2^6 and down to 2^-127 (products exact down to bf16's smallest subnormal); e4m3 (at most 448) needs 2^7.
+    // f16: no offset for e8m0/f16/bf16, so small products round exactly like the reference; e4m3 needs 2^7.
+    let epilogue_exp = match (spec.x, spec.format.scale) {
+        (_, ScaleType::E4m3) => 7,
+        (DType::Bf16, _) => 5,
+        (DType::F16, _) => 0,
+    };
+    Ok(FragmentPlan {
+        mag_low,
+        outputs,
+        epilogue_exp,
+        operand_bias,
     })
 }
 

@@ -316,6 +316,28 @@ impl<'c, 'b> Emitter<'c, 'b> {
     ) -> Result<Value<'c, 'b>, IrError> {
         self.op1("vector.load", &[mem, idx], ty, &[])
     }
+    /// `vector.load` with a known byte alignment (NVPTX emits one wide load only when the alignment is known).
+    pub fn vload_aligned(
+        &self,
+        mem: Value<'c, 'b>,
+        idx: Value<'c, 'b>,
+        ty: Type<'c>,
+        align: u32,
+    ) -> Result<Value<'c, 'b>, IrError> {
+        let a = IntegerAttribute::new(self.int(64), i64::from(align)).into();
+        self.op1("vector.load", &[mem, idx], ty, &[("alignment", a)])
+    }
+    pub fn vstore_aligned(
+        &self,
+        v: Value<'c, 'b>,
+        mem: Value<'c, 'b>,
+        idx: Value<'c, 'b>,
+        align: u32,
+    ) -> Result<(), IrError> {
+        let a = IntegerAttribute::new(self.int(64), i64::from(align)).into();
+        self.op("vector.store", &[v, mem, idx], &[], &[("alignment", a)])?;
+        Ok(())
+    }
     pub fn vstore(
         &self,
         v: Value<'c, 'b>,
@@ -464,6 +486,54 @@ impl<'c, 'b> Emitter<'c, 'b> {
                 ("blgp", self.attr("#amdgpu<mfma_perm_b none>")?),
             ],
         )
+    }
+
+    /// `nvvm.mma.sync` m16n8k16 with bf16/f16 operands (A: 4 x i32, B: 2 x i32) and f32 accumulators;
+    /// returns the four accumulator values.
+    pub fn mma_sync(
+        &self,
+        operand: &str,
+        a: &[Value<'c, 'b>; 4],
+        b: &[Value<'c, 'b>; 2],
+        c: &[Value<'c, 'b>; 4],
+    ) -> Result<[Value<'c, 'b>; 4], IrError> {
+        let f32t = self.f32();
+        let st = Type::parse(self.ctx, "!llvm.struct<(f32, f32, f32, f32)>")
+            .ok_or_else(|| build_err("nvvm.mma.sync", "result type"))?;
+        let mut operands = a.to_vec();
+        operands.extend_from_slice(b);
+        operands.extend_from_slice(c);
+        let r = self.op1(
+            "nvvm.mma.sync",
+            &operands,
+            st,
+            &[
+                ("layoutA", self.attr("#nvvm.mma_layout<row>")?),
+                ("layoutB", self.attr("#nvvm.mma_layout<col>")?),
+                ("shape", self.attr("#nvvm.shape<m = 16, n = 8, k = 16>")?),
+                (
+                    "multiplicandAPtxType",
+                    self.attr(&format!("#nvvm.mma_type<{operand}>"))?,
+                ),
+                (
+                    "multiplicandBPtxType",
+                    self.attr(&format!("#nvvm.mma_type<{operand}>"))?,
+                ),
+                (
+                    "operandSegmentSizes",
+                    DenseI32ArrayAttribute::new(self.ctx, &[4, 2, 4]).into(),
+                ),
+            ],
+        )?;
+        let get = |i: i64| {
+            self.op1(
+                "llvm.extractvalue",
+                &[r],
+                f32t,
+                &[("position", DenseI64ArrayAttribute::new(self.ctx, &[i]).into())],
+            )
+        };
+        Ok([get(0)?, get(1)?, get(2)?, get(3)?])
     }
 
     // ---- structured control flow ----

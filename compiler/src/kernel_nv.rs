@@ -1,0 +1,563 @@
+//! GPU stage for NVIDIA targets: the same plan becomes one `gpu.func` for warp-32 `mma.sync` m16n8k16.
+//!
+//! The weights are the MMA's A operand (C^T = W x^T): a weight word holds exactly one lane's eight A-fragment
+//! elements of one atom, so the dequant call yields the four operand registers directly, and tokens pad only to 8.
+//! Activations are staged through shared memory with the plan's ring (as on AMD) and read as B fragments; weights
+//! and scales stream from global memory into registers with 16-byte loads, one K iteration at a time.
+//! M tails: activation rows at or past M are loaded from row M-1 and replaced by zeros, output stores are guarded.
+//! Split-K follows the AMD protocol exactly (workspace layout, counters, split-order reduction).
+
+use melior::ir::{
+    attribute::{DenseI32ArrayAttribute, IntegerAttribute},
+    operation::OperationBuilder,
+    r#type::MemRefType,
+    Block, BlockLike, Location, Region, RegionLike, Type, Value,
+};
+
+use crate::ir::{self, emit::Cmp, Emitter, IrError};
+use crate::kernel::{dtype, DEQUANT_FN};
+use crate::plan::{self, Plan, NV_ATOM_K, NV_ATOM_ROWS, NV_ATOM_TOKENS, NV_CHUNK_K};
+use crate::spec::DType;
+
+const WARP: u32 = 32;
+
+struct Args<'c, 'b> {
+    x: Value<'c, 'b>,
+    w: Value<'c, 'b>,
+    s: Value<'c, 'b>,
+    bias: Option<Value<'c, 'b>>,
+    y: Value<'c, 'b>,
+    split: Option<(Value<'c, 'b>, Value<'c, 'b>)>,
+    m: Value<'c, 'b>,
+    ts: Option<Value<'c, 'b>>,
+    lds: Value<'c, 'b>,
+}
+
+/// Elements of the repacked scale buffer (`nibble.scales_mma_sync_a.v1`).
+pub fn scale_elements(p: &Plan) -> u64 {
+    let slots = u64::from(plan::nv_group_slots(p.format.group));
+    u64::from(p.n / NV_ATOM_ROWS) * u64::from(p.k / NV_CHUNK_K) * 8 * slots * 2
+}
+
+pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+    let ctx = e.ctx;
+    let xt = dtype(e, p.x);
+    let yt = dtype(e, p.y);
+    let i32t = e.int(32);
+    let f32t = e.f32();
+    let memref =
+        |elem: Type<'c>, n: u64| -> Type<'c> { MemRefType::new(elem, &[n as i64], None, None).into() };
+    let (n, k) = (u64::from(p.n), u64::from(p.k));
+    let m_max = u64::from(p.m_max);
+    let mut inputs = vec![
+        memref(xt, m_max * k),
+        memref(i32t, n * k / 8),
+        memref(xt, scale_elements(p)),
+    ];
+    if let Some(b) = p.bias {
+        inputs.push(memref(dtype(e, b), n));
+    }
+    inputs.push(memref(yt, m_max * n));
+    if p.split_k > 1 {
+        let m_tiles = m_max.div_ceil(u64::from(p.tiling.tile_m));
+        inputs.push(memref(
+            f32t,
+            u64::from(p.split_k) * m_tiles * u64::from(p.tiling.tile_m) * n,
+        ));
+        inputs.push(memref(i32t, n / u64::from(p.tiling.tile_n) * m_tiles));
+    }
+    inputs.push(i32t);
+    if p.format.tensor_scale {
+        inputs.push(f32t);
+    }
+    let lds_space = e.attr("#gpu.address_space<workgroup>")?;
+    let lds_ty: Type = MemRefType::new(
+        xt,
+        &[i64::from(p.tiling.stages * p.lds_stage_elems)],
+        None,
+        Some(lds_space),
+    )
+    .into();
+    let mut block_args: Vec<(Type, Location)> = inputs.iter().map(|t| (*t, e.loc)).collect();
+    block_args.push((lds_ty, e.loc));
+    let region = Region::new();
+    let entry = ir::emit::detach(region.append_block(Block::new(&block_args)));
+    let mut it = (0..block_args.len()).map(|i| {
+        entry
+            .argument(i)
+            .map(Value::from)
+            .map_err(|err| ir::emit::build_err("gpu.func", err))
+    });
+    let mut next = || {
+        it.next()
+            .unwrap_or_else(|| Err(ir::emit::build_err("gpu.func", "missing argument")))
+    };
+    let x = next()?;
+    let w = next()?;
+    let s = next()?;
+    let bias = if p.bias.is_some() { Some(next()?) } else { None };
+    let y = next()?;
+    let split = if p.split_k > 1 {
+        Some((next()?, next()?))
+    } else {
+        None
+    };
+    let m = next()?;
+    let ts = if p.format.tensor_scale {
+        Some(next()?)
+    } else {
+        None
+    };
+    let lds = next()?;
+    let args = Args {
+        x,
+        w,
+        s,
+        bias,
+        y,
+        split,
+        m,
+        ts,
+        lds,
+    };
+    body(&e.at(entry), p, &args)?;
+
+    let i64t = e.int(64);
+    let func = OperationBuilder::new("gpu.func", e.loc)
+        .add_attributes(&[
+            (e.ident("function_type"), e.func_type(&inputs, &[])),
+            (e.ident("sym_name"), e.string(&p.symbol)),
+            (e.ident("gpu.kernel"), melior::ir::Attribute::unit(ctx)),
+            (
+                e.ident("known_block_size"),
+                DenseI32ArrayAttribute::new(ctx, &[p.threads as i32, 1, 1]).into(),
+            ),
+            (
+                e.ident("workgroup_attributions"),
+                IntegerAttribute::new(i64t, 1).into(),
+            ),
+        ])
+        .add_regions([region])
+        .build()
+        .map_err(|err| ir::emit::build_err("gpu.func", err))?;
+    e.append(func);
+    Ok(())
+}
+
+fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), IrError> {
+    let t = &p.tiling;
+    let f = p
+        .fragment
+        .as_ref()
+        .ok_or_else(|| ir::emit::build_err("gpu.func", "NVIDIA plan without a fragment recipe"))?;
+    let xt = dtype(e, p.x);
+    let yt = dtype(e, p.y);
+    let i32t = e.int(32);
+    let i64t = e.int(64);
+    let f32t = e.f32();
+    let c = |v: u32| e.idx(i64::from(v));
+    let operand = match p.x {
+        DType::Bf16 => "bf16",
+        DType::F16 => "f16",
+    };
+
+    let tid = e.thread_id('x')?;
+    let bx = e.block_id('x')?;
+    let by = e.block_id('y')?;
+    let warp = e.divui(tid, c(WARP)?)?;
+    let lane = e.remui(tid, c(WARP)?)?;
+    let wm = e.divui(warp, c(t.waves_n)?)?;
+    let wn = e.remui(warp, c(t.waves_n)?)?;
+    let g = e.divui(lane, c(4)?)?;
+    let t4 = e.remui(lane, c(4)?)?;
+    let m_idx = e.index_cast(a.m, e.index())?;
+    let last_row = e.subi(m_idx, c(1)?)?;
+
+    let m0 = e.muli(by, c(t.tile_m)?)?;
+    let n0 = e.muli(bx, c(t.tile_n)?)?;
+
+    // Activation staging: vector v of the tile (tile_m rows x tile_k/8 vectors) goes to thread v % threads; rows at
+    // or past M read row M-1 (always valid) and are replaced by zeros.
+    let vecs_per_row = t.tile_k / 8;
+    let total_vecs = t.tile_m * vecs_per_row;
+    let xvec = e.vector(8, xt);
+    let zero_x = e.op1(
+        "arith.constant",
+        &[],
+        xvec,
+        &[(
+            "value",
+            melior::ir::attribute::DenseElementsAttribute::new(
+                xvec,
+                &[melior::ir::attribute::FloatAttribute::new(e.ctx, xt, 0.0).into()],
+            )
+            .map_err(|err| ir::emit::build_err("arith.constant", err))?
+            .into(),
+        )],
+    )?;
+    struct Slot<'c, 'b> {
+        global: Value<'c, 'b>,
+        in_m: Value<'c, 'b>,
+        local: Value<'c, 'b>,
+        valid: Option<Value<'c, 'b>>,
+    }
+    let mut slots = vec![];
+    for v in 0..p.x_vecs_per_thread {
+        let vid = e.addi(tid, c(v * p.threads)?)?;
+        let row = e.divui(vid, c(vecs_per_row)?)?;
+        let col = e.remui(vid, c(vecs_per_row)?)?;
+        let col8 = e.muli(col, c(8)?)?;
+        let grow = e.addi(m0, row)?;
+        let in_m = e.cmpi(Cmp::Ult, grow, m_idx)?;
+        let grow = e.op1("arith.minui", &[grow, last_row], e.index(), &[])?;
+        let gofs = e.muli(grow, c(p.k)?)?;
+        let l = e.muli(row, c(p.lds_row)?)?;
+        let ragged = (v + 1) * p.threads > total_vecs;
+        slots.push(Slot {
+            global: e.addi(gofs, col8)?,
+            in_m,
+            local: e.addi(l, col8)?,
+            valid: if ragged {
+                Some(e.cmpi(Cmp::Ult, vid, c(total_vecs)?)?)
+            } else {
+                None
+            },
+        });
+    }
+    let load_x = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
+        let koff = e.muli(kt, c(t.tile_k)?)?;
+        slots
+            .iter()
+            .map(|sl| {
+                let idx = e.addi(sl.global, koff)?;
+                let v = e.vload_aligned(a.x, idx, xvec, 16)?;
+                e.select(sl.in_m, v, zero_x)
+            })
+            .collect()
+    };
+    let store_x =
+        |e: &Emitter<'c, 'b>, base: Value<'c, 'b>, vecs: &[Value<'c, 'b>]| -> Result<(), IrError> {
+            for (sl, v) in slots.iter().zip(vecs) {
+                let idx = e.addi(base, sl.local)?;
+                match sl.valid {
+                    None => e.vstore_aligned(*v, a.lds, idx, 16)?,
+                    Some(ok) => e.if_then(ok, |inner| inner.vstore_aligned(*v, a.lds, idx, 16))?,
+                }
+            }
+            Ok(())
+        };
+
+    // B fragments: token row g of each 8-token atom, K pair 2*t4 (and +8) of each 16-K step.
+    let mut b_off = vec![];
+    for ms in 0..p.m_tiles {
+        let r0 = e.muli(wm, c(p.wave_m)?)?;
+        let r = e.addi(r0, c(ms * NV_ATOM_TOKENS)?)?;
+        let r = e.addi(r, g)?;
+        let ro = e.muli(r, c(p.lds_row)?)?;
+        let k2 = e.muli(t4, c(2)?)?;
+        b_off.push(e.addi(ro, k2)?);
+    }
+
+    // Weights: word ((nb * K/64 + chunk) * 32 + lane) * 4 + j; scales: (((nb * K/64 + chunk) * 8 + g) * slots + gl)
+    // * 2 + h (see manifest::FragmentBits and the scale layout).
+    let chunks_per_row = p.k / NV_CHUNK_K;
+    let wpl = p.weight_layout.words_per_lane;
+    let gslots = plan::nv_group_slots(p.format.group);
+    let svals = gslots * 2;
+    let mut w_base = vec![];
+    let mut s_base = vec![];
+    for ns in 0..p.n_tiles {
+        let row0 = e.muli(wn, c(p.wave_n)?)?;
+        let row0 = e.addi(row0, n0)?;
+        let row0 = e.addi(row0, c(ns * NV_ATOM_ROWS)?)?;
+        let nb = e.divui(row0, c(NV_ATOM_ROWS)?)?;
+        let chunk0 = e.muli(nb, c(chunks_per_row)?)?;
+        let wb = e.muli(chunk0, c(WARP)?)?;
+        let wb = e.addi(wb, lane)?;
+        w_base.push(e.muli(wb, c(wpl)?)?);
+        let sb = e.muli(chunk0, c(8)?)?;
+        let sb = e.addi(sb, g)?;
+        s_base.push(e.muli(sb, c(svals)?)?);
+    }
+    let wvec = e.vector(u64::from(wpl), i32t);
+    let svec = e.vector(u64::from(svals), xt);
+    let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
+        let mut out = vec![];
+        let first = e.muli(kt, c(p.wchunks_per_iter * WARP * wpl)?)?;
+        for base in &w_base {
+            for ch in 0..p.wchunks_per_iter {
+                let idx = e.addi(*base, first)?;
+                let idx = e.addi(idx, c(ch * WARP * wpl)?)?;
+                out.push(e.vload_aligned(a.w, idx, wvec, 4 * wpl)?);
+            }
+        }
+        Ok(out)
+    };
+    let load_s = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
+        let mut out = vec![];
+        let first = e.muli(kt, c(p.wchunks_per_iter * 8 * svals)?)?;
+        for base in &s_base {
+            for ch in 0..p.wchunks_per_iter {
+                let idx = e.addi(*base, first)?;
+                let idx = e.addi(idx, c(ch * 8 * svals)?)?;
+                out.push(e.vload_aligned(a.s, idx, svec, 2 * svals)?);
+            }
+        }
+        Ok(out)
+    };
+
+    let (lb, ub, bz) = if p.split_k > 1 {
+        let bz = e.block_id('z')?;
+        let lb = e.muli(bz, c(p.iters_per_split)?)?;
+        let ub = e.addi(lb, c(p.iters_per_split)?)?;
+        (lb, ub, Some(bz))
+    } else {
+        (c(0)?, c(p.k_iters)?, None)
+    };
+
+    let ring = t.stages.max(1);
+    for st in 0..ring.saturating_sub(1).min(p.iters_per_split) {
+        let kt = if bz.is_some() {
+            e.addi(lb, c(st)?)?
+        } else {
+            c(st)?
+        };
+        let vecs = load_x(e, kt)?;
+        store_x(e, c(st * p.lds_stage_elems)?, &vecs)?;
+    }
+    if ring > 1 {
+        e.barrier()?;
+    }
+    let zero_f = e.f32c(0.0)?;
+    let acc_count = (p.m_tiles * p.n_tiles * 4) as usize;
+    let inits = vec![zero_f; acc_count];
+
+    let dq_ty = e.vector(8, xt);
+    let v2 = e.vector(2, xt);
+    let v1i = e.vector(1, i32t);
+    let as_i32 = |e: &Emitter<'c, 'b>, v: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
+        let b = e.vbitcast(v, v1i)?;
+        e.extract(b, 0, i32t)
+    };
+    let results = e.for_loop(lb, ub, c(1)?, &inits, |l, kt, it| {
+        let mut accs = it;
+        let wcur = load_w(&l, kt)?;
+        let scur = load_s(&l, kt)?;
+        let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
+        let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
+        let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
+        let xnext = if ring > 1 {
+            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+            let last = if bz.is_some() {
+                l.subi(ub, l.idx(1)?)?
+            } else {
+                l.idx(i64::from(p.k_iters - 1))?
+            };
+            let ahead = l.op1("arith.minui", &[ahead, last], l.index(), &[])?;
+            Some(load_x(&l, ahead)?)
+        } else {
+            let v = load_x(&l, kt)?;
+            l.barrier()?;
+            store_x(&l, sbase, &v)?;
+            l.barrier()?;
+            None
+        };
+        for step in 0..p.pairs_per_iter {
+            // B fragments of this 16-K step for every token atom.
+            let mut bfr = vec![];
+            for off in &b_off {
+                let idx = l.addi(sbase, *off)?;
+                let idx = l.addi(idx, l.idx(i64::from(step * NV_ATOM_K))?)?;
+                let lo = l.vload_aligned(a.lds, idx, v2, 4)?;
+                let idx8 = l.addi(idx, l.idx(8)?)?;
+                let hi = l.vload_aligned(a.lds, idx8, v2, 4)?;
+                bfr.push([as_i32(&l, lo)?, as_i32(&l, hi)?]);
+            }
+            let chunk = (step / 4) as usize;
+            let j = i64::from(step % 4);
+            // Scale slot of this step inside its 64-K chunk.
+            let gl = i64::from(step % 4 * NV_ATOM_K / p.format.group.min(NV_CHUNK_K));
+            for ns in 0..p.n_tiles as usize {
+                let wv = wcur[ns * p.wchunks_per_iter as usize + chunk];
+                let word = l.extract(wv, j, i32t)?;
+                let sv = scur[ns * p.wchunks_per_iter as usize + chunk];
+                let scale = l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], xt)?;
+                let deq = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
+                let mut regs = vec![];
+                for r in 0..4i64 {
+                    let pair = l.shuffle(deq, deq, &[2 * r, 2 * r + 1], xt)?;
+                    regs.push(as_i32(&l, pair)?);
+                }
+                let areg = [regs[0], regs[1], regs[2], regs[3]];
+                for (ms, b) in bfr.iter().enumerate() {
+                    let base = (ms * p.n_tiles as usize + ns) * 4;
+                    let cur = [accs[base], accs[base + 1], accs[base + 2], accs[base + 3]];
+                    let out = l.mma_sync(operand, &areg, b, &cur)?;
+                    accs[base..base + 4].copy_from_slice(&out);
+                }
+            }
+        }
+        if let Some(v) = xnext {
+            let ahead = l.addi(rel, l.idx(i64::from(ring - 1))?)?;
+            let st = l.remui(ahead, l.idx(i64::from(ring))?)?;
+            let base = l.muli(st, l.idx(i64::from(p.lds_stage_elems))?)?;
+            store_x(&l, base, &v)?;
+            l.barrier()?;
+        }
+        Ok(accs)
+    })?;
+
+    // Epilogue: c0, c1 are weight row g, tokens 2*t4 and 2*t4+1 of the atom; c2, c3 the same for row g + 8.
+    let mut outputs = vec![]; // (token row, output column, value, bias)
+    for ms in 0..p.m_tiles {
+        for ns in 0..p.n_tiles {
+            let base = ((ms * p.n_tiles + ns) * 4) as usize;
+            let tok0 = e.muli(wm, c(p.wave_m)?)?;
+            let tok0 = e.addi(tok0, m0)?;
+            let tok0 = e.addi(tok0, c(ms * NV_ATOM_TOKENS)?)?;
+            let t2 = e.muli(t4, c(2)?)?;
+            let tok0 = e.addi(tok0, t2)?;
+            let col0 = e.muli(wn, c(p.wave_n)?)?;
+            let col0 = e.addi(col0, n0)?;
+            let col0 = e.addi(col0, c(ns * NV_ATOM_ROWS)?)?;
+            let col0 = e.addi(col0, g)?;
+            for half in 0..2u32 {
+                let col = e.addi(col0, c(8 * half)?)?;
+                let bias = match (a.bias, p.bias) {
+                    (Some(b), Some(bt)) => {
+                        let bv = e.load(b, col, dtype(e, bt))?;
+                        Some(e.extf(bv, f32t)?)
+                    }
+                    _ => None,
+                };
+                for tk in 0..2u32 {
+                    let row = e.addi(tok0, c(tk)?)?;
+                    outputs.push((row, col, results[base + (2 * half + tk) as usize], bias));
+                }
+            }
+        }
+    }
+    // The operand carried element * scale * 2^-epilogue_exp; the tensor scale (NVFP4) joins the same factor.
+    let factor = e.f32c(2f64.powi(f.epilogue_exp))?;
+    let factor = match a.ts {
+        Some(ts) => e.mulf(factor, ts)?,
+        None => factor,
+    };
+    let finish = |e: &Emitter<'c, 'b>,
+                  row: Value<'c, 'b>,
+                  col: Value<'c, 'b>,
+                  v: Value<'c, 'b>,
+                  bias: Option<Value<'c, 'b>>|
+     -> Result<(), IrError> {
+        let mut v = e.mulf(v, factor)?;
+        if let Some(b) = bias {
+            v = e.addf(v, b)?;
+        }
+        let o = e.truncf(v, yt)?;
+        let in_m = e.cmpi(Cmp::Ult, row, m_idx)?;
+        e.if_then(in_m, |e| {
+            let idx = e.muli(row, c(p.n)?)?;
+            let idx = e.addi(idx, col)?;
+            e.store(o, a.y, idx)
+        })
+    };
+    match (a.split, bz) {
+        (Some((ws, counters)), Some(bz)) => {
+            // The AMD split-K protocol (kernel.rs): partials in split order, last arriver reduces.
+            let mpad = e.addi(m_idx, c(t.tile_m - 1)?)?;
+            let mpad = e.divui(mpad, c(t.tile_m)?)?;
+            let mpad = e.muli(mpad, c(t.tile_m)?)?;
+            let ws_index = |e: &Emitter<'c, 'b>,
+                            split: Value<'c, 'b>,
+                            row: Value<'c, 'b>,
+                            col: Value<'c, 'b>| {
+                let r = e.muli(split, mpad)?;
+                let r = e.addi(r, row)?;
+                let r = e.muli(r, c(p.n)?)?;
+                e.addi(r, col)
+            };
+            for (row, col, v, _) in &outputs {
+                let idx = ws_index(e, bz, *row, *col)?;
+                e.store(*v, ws, idx)?;
+            }
+            e.barrier()?;
+            let fence = |e: &Emitter<'c, 'b>, ordering: i64| -> Result<(), IrError> {
+                e.op(
+                    "llvm.fence",
+                    &[],
+                    &[],
+                    &[
+                        ("ordering", IntegerAttribute::new(i64t, ordering).into()),
+                        ("syncscope", e.string("device")),
+                    ],
+                )?;
+                Ok(())
+            };
+            fence(e, 5)?;
+            let gx = c(p.n / t.tile_n)?;
+            let tile = e.muli(by, gx)?;
+            let tile = e.addi(tile, bx)?;
+            let zero = c(0)?;
+            let is_t0 = e.cmpi(Cmp::Eq, tid, zero)?;
+            let fconst = |v: f64| {
+                e.op1(
+                    "arith.constant",
+                    &[],
+                    xt,
+                    &[(
+                        "value",
+                        melior::ir::attribute::FloatAttribute::new(e.ctx, xt, v).into(),
+                    )],
+                )
+            };
+            let one_x = fconst(1.0)?;
+            let zero_xs = fconst(0.0)?;
+            e.if_then(is_t0, |e| {
+                let one = e.i32c(1)?;
+                let old = e.op1(
+                    "memref.atomic_rmw",
+                    &[one, counters, tile],
+                    i32t,
+                    &[("kind", IntegerAttribute::new(i64t, 1).into())],
+                )?;
+                let last = e.i32c(i64::from(p.split_k - 1))?;
+                let is_last = e.cmpi(Cmp::Eq, old, last)?;
+                let flag = e.select(is_last, one_x, zero_xs)?;
+                e.store(flag, a.lds, zero)
+            })?;
+            e.barrier()?;
+            let flag = e.load(a.lds, zero, xt)?;
+            let i16t = e.int(16);
+            let bits = e.bitcast(flag, i16t)?;
+            let zero16 = e.const_int(0, i16t)?;
+            let is_last = e.cmpi(Cmp::Ne, bits, zero16)?;
+            e.if_then(is_last, |e| {
+                fence(&e, 4)?;
+                for (row, col, _, bias) in &outputs {
+                    let mut sum = None;
+                    for sp in 0..p.split_k {
+                        let idx = ws_index(&e, c(sp)?, *row, *col)?;
+                        let part = e.load(ws, idx, f32t)?;
+                        sum = Some(match sum {
+                            None => part,
+                            Some(acc) => e.addf(acc, part)?,
+                        });
+                    }
+                    if let Some(v) = sum {
+                        finish(&e, *row, *col, v, *bias)?;
+                    }
+                }
+                let zero_i = e.i32c(0)?;
+                let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
+                e.if_then(first, |e| e.store(zero_i, counters, tile))
+            })?;
+        }
+        _ => {
+            for (row, col, v, bias) in &outputs {
+                finish(e, *row, *col, *v, *bias)?;
+            }
+        }
+    }
+    e.op("gpu.return", &[], &[], &[])?;
+    Ok(())
+}
