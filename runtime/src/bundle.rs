@@ -1,6 +1,9 @@
 //! A kernel bundle: a directory of compiled kernels (`nibble compile` output), checked and indexed by layer shape.
 //!
-//! Every file named `<kernel>.<arch>.json` (`<arch>` starting with `gfx`) is a manifest; other files are ignored.
+//! Every file named `<kernel>.<arch>.json` (`<arch>` starting with `gfx` or `sm_`) is a manifest; other files are
+//! ignored. For `sm_XY` kernels the code object is PTX text, checked by [`crate::ptx::check_against_manifest`]
+//! (target, entry parameters against the manifest's arguments, static shared memory, source hash) instead of the
+//! ELF checks below.
 //! [`KernelBundle::load`] checks each one completely before anything runs:
 //! - the manifest parses and has the schema version this runtime reads ([`Manifest::from_json`]);
 //! - its `kernel` and `arch` agree with the file name;
@@ -50,6 +53,13 @@ pub enum BundleError {
         manifest: String,
         #[source]
         source: CodeObjectError,
+    },
+    #[error("PTX code object {path} (named by {manifest}): {source}")]
+    Ptx {
+        path: String,
+        manifest: String,
+        #[source]
+        source: crate::ptx::PtxError,
     },
     #[error("{dir}: no kernel manifests (<kernel>.<arch>.json)")]
     Empty { dir: String },
@@ -151,7 +161,8 @@ fn manifest_name(path: &Path) -> Option<(String, String)> {
     let name = path.file_name()?.to_str()?;
     let stem = name.strip_suffix(".json")?;
     let (kernel, arch) = stem.rsplit_once('.')?;
-    (!kernel.is_empty() && arch.starts_with("gfx")).then(|| (kernel.to_string(), arch.to_string()))
+    (!kernel.is_empty() && (arch.starts_with("gfx") || arch.starts_with("sm_")))
+        .then(|| (kernel.to_string(), arch.to_string()))
 }
 
 fn plain_file_name(s: &str) -> bool {
@@ -200,6 +211,24 @@ fn check_kernel(
         path: disp(&co),
         source,
     })?;
+    if m.arch.starts_with("sm_") {
+        if crate::ptx::parse_sm(&m.arch).is_none() {
+            return Err(invalid(format!("arch {} is not an sm_XY name", m.arch)));
+        }
+        crate::ptx::check_against_manifest(&bytes, &m).map_err(|source| BundleError::Ptx {
+            path: disp(&co),
+            manifest: pd.clone(),
+            source,
+        })?;
+        let scheme = QuantScheme::of_format(&m.format);
+        return Ok(BundleKernel {
+            manifest: m,
+            manifest_path: path.to_path_buf(),
+            code_object_path: co,
+            kernel_ir_path: ir,
+            scheme,
+        });
+    }
     let co_err = |source: CodeObjectError| BundleError::CodeObject {
         path: disp(&co),
         manifest: pd.clone(),
@@ -404,6 +433,57 @@ pub(crate) mod testutil {
 
     pub const GFX942: &[u8] = include_bytes!("../tests-data/mfma_loop_gfx942.hsaco");
     pub const GFX90A: &[u8] = include_bytes!("../tests-data/straight_gfx90a.hsaco");
+
+    /// An sm_90 kernel manifest (PTX, `nibble.mma_sync_a.v1` for e2m1 into bf16) derived from [`manifest`], and
+    /// its PTX text (see [`crate::ptx::tests::sample_ptx`]).
+    pub fn sm90_manifest(base: &Manifest) -> (Manifest, String) {
+        use crate::numerics::repack::{MMA_SCALE_LAYOUT_ID, MMA_WEIGHT_LAYOUT_ID};
+        let mut m = base.clone();
+        m.arch = "sm_90".into();
+        m.symbol = format!("{}_entry", m.kernel);
+        m.code_object = format!("{}.sm_90.ptx", m.kernel);
+        m.kernel_ir = format!("{}.sm_90.kernel.mlir", m.kernel);
+        m.launch.block = [128, 1, 1];
+        for a in &mut m.args {
+            if a.role == ArgRole::Scales {
+                a.elem = Some("bf16".into());
+            }
+        }
+        let (mg, full, sign) = (0x01C0_01C0u32, 0x81C0_81C0u32, 0x8000_8000u32);
+        let p = |shift: i32, mask: u32| BitPiece { shift, mask };
+        m.weight_layout = WeightLayout {
+            id: MMA_WEIGHT_LAYOUT_ID.into(),
+            atom_n: 16,
+            atom_k: 16,
+            words_per_lane: 4,
+            mag_shift: 6,
+            second_half: "pieces".into(),
+            mask: full,
+            fragment: Some(FragmentBits {
+                outputs: vec![
+                    vec![p(0, full)],
+                    vec![p(3, full)],
+                    vec![p(-3, mg), p(1, sign)],
+                    vec![p(6, mg), p(2, sign)],
+                ],
+            }),
+        };
+        m.scale_layout = ScaleLayout {
+            id: MMA_SCALE_LAYOUT_ID.into(),
+            group: m.format.group,
+            exp_offset: 121,
+            dtype: Some("bf16".into()),
+        };
+        let sizes: Vec<u32> = m.args.iter().map(|a| a.size).collect();
+        let ptx = crate::ptx::tests::sample_ptx(
+            "sm_90",
+            &m.symbol,
+            &sizes,
+            m.launch.lds_bytes,
+            &m.source_hash,
+        );
+        (m, ptx)
+    }
 
     /// A gfx942 (`mfma_loop`) or gfx90a (`straight`) kernel manifest for `[n, k]` of `scheme`.
     #[allow(clippy::too_many_arguments)]
@@ -847,6 +927,93 @@ mod tests {
         assert!(e.contains("no kernel manifests"), "{e}");
         let e = load_err(&d.path().join("nope"));
         assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn sm90_ptx_kernels_load_and_mismatches_are_named() {
+        let write = |d: &Path, m: &Manifest, ptx: &str| {
+            std::fs::write(d.join(format!("{}.{}.json", m.kernel, m.arch)), m.to_json())
+                .expect("w");
+            std::fs::write(d.join(&m.kernel_ir), "module {}").expect("w");
+            std::fs::write(d.join(&m.code_object), ptx).expect("w");
+        };
+        let base = manifest(
+            "up",
+            "gfx942",
+            256,
+            512,
+            QuantScheme::Mxfp4,
+            16,
+            (1, 64),
+            None,
+            (16, 16),
+        );
+        let (m, ptx) = sm90_manifest(&base);
+        let d = tmp();
+        write(d.path(), &m, &ptx);
+        let b = KernelBundle::load(d.path()).expect("loads");
+        let k = b
+            .select(256, 512, QuantScheme::Mxfp4, "sm_90", 1)
+            .expect("selects");
+        assert!(k.code_object_path.ends_with("up.sm_90.ptx"));
+        // Each mismatch is refused with the file named.
+        let cases: Vec<(Box<dyn Fn(&mut Manifest, &mut String)>, &str)> = vec![
+            (
+                Box::new(|_, p| *p = p.replace(".target sm_90", ".target sm_80")),
+                "targets sm_80",
+            ),
+            (
+                Box::new(|_, p| *p = p.replacen(".u64", ".u32", 1)),
+                "parameter 0",
+            ),
+            (
+                Box::new(|m, _| {
+                    m.args.pop();
+                    m.kernarg_bytes -= 4;
+                }),
+                ".param(s)",
+            ),
+            (
+                Box::new(|_, p| *p = p.replace("tile_a[4096]", "tile_a[8192]")),
+                "static shared",
+            ),
+            (
+                Box::new(|m, _| m.symbol = "other".into()),
+                "no `.entry other`",
+            ),
+            (
+                Box::new(|m, _| m.source_hash = "1".into()),
+                "another source",
+            ),
+            (
+                Box::new(|_, p| *p = p.replace("nibble_source_hash", "something_else")),
+                "nibble_source_hash",
+            ),
+        ];
+        for (edit, want) in cases {
+            let (mut m2, mut p2) = (m.clone(), ptx.clone());
+            edit(&mut m2, &mut p2);
+            let d = tmp();
+            write(d.path(), &m2, &p2);
+            match KernelBundle::load(d.path()) {
+                Ok(_) => panic!("accepted a PTX with {want}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains(want) && e.contains("up.sm_90.ptx"),
+                        "{want}: {e}"
+                    );
+                }
+            }
+        }
+        // Not UTF-8.
+        let d = tmp();
+        write(d.path(), &m, "");
+        std::fs::write(d.path().join(&m.code_object), [b'.', 0xff, 0xfe]).expect("w");
+        let e = KernelBundle::load(d.path())
+            .expect_err("binary")
+            .to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
     }
 
     #[test]

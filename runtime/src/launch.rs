@@ -532,8 +532,17 @@ pub fn required_bytes(manifest: &Manifest, role: ArgRole, m: u32) -> Option<u64>
         ArgRole::Bias => Some(n * dtype_bytes(s.bias_dtype.as_deref()?)?),
         // 4-bit elements, packed eight to a u32 word.
         ArgRole::Weight => Some(n * k / 2),
-        // f32 [N][K / group].
-        ArgRole::Scales => Some(n * (k / u64::from(manifest.format.group.max(1))) * 4),
+        ArgRole::Scales => {
+            let group = u64::from(manifest.format.group.max(1));
+            if manifest.scale_layout.id == crate::numerics::repack::MMA_SCALE_LAYOUT_ID {
+                // 16-bit values, `max(1, kc / group)` per row and chunk of kc = 16 * words_per_lane.
+                let kc = 16 * u64::from(manifest.weight_layout.words_per_lane.max(1));
+                Some(n * (k / kc) * (kc / group).max(1) * 2)
+            } else {
+                // f32 [N][K / group].
+                Some(n * (k / group) * 4)
+            }
+        }
         ArgRole::M | ArgRole::TensorScale => None,
     }
 }

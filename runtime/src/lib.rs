@@ -10,3 +10,4 @@ pub mod linear;
 pub mod linear_hip;
 pub mod manifest;
 pub mod numerics;
+pub mod ptx;
