@@ -2,6 +2,7 @@
 
 mod cli_run;
 mod dequant;
+mod dequant_nv;
 mod dsl;
 mod inspect;
 mod interp;

@@ -225,10 +225,12 @@ fn fragment_reference<'c, 'b>(
         scales.push(e.extf(sv, f32t)?);
     }
     let sv = e.from_elements(&scales, e.vector(8, f32t))?;
-    let prod = e.mulf(values, sv)?;
+    // Element first: element * 2^(bias - operand bias) is exact in f32 (at least 2^-130 with 3 significant bits),
+    // whereas element * scale could overflow f32 for the largest repacked scales.
     let raw = e.f32c(2f64.powi(p.format.element.bias - f.operand_bias))?;
     let rv = e.broadcast(raw, e.vector(8, f32t))?;
-    let prod = e.mulf(prod, rv)?;
+    let values = e.mulf(values, rv)?;
+    let prod = e.mulf(values, sv)?;
     e.truncf(prod, e.vector(8, xt))
 }
 
