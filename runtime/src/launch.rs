@@ -153,6 +153,8 @@ pub enum LaunchError {
     MOutOfRange { m: u32, min: u32, max: u32 },
     #[error(transparent)]
     Hip(#[from] HipError),
+    #[error(transparent)]
+    Cuda(#[from] crate::cuda::CudaError),
     #[error("code object: {0}")]
     CodeObject(#[from] CodeObjectError),
 }

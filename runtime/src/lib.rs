@@ -4,6 +4,7 @@
 pub mod bundle;
 pub mod checkpoint;
 pub mod codeobj;
+pub mod cuda;
 pub mod hip;
 pub mod launch;
 pub mod linear;
