@@ -335,7 +335,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
     let v1i = e.vector(1, i32t);
+    // NVVM types bf16 operand registers as i32 and f16 ones as vector<2xf16>.
     let as_i32 = |e: &Emitter<'c, 'b>, v: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
+        if p.x == DType::F16 {
+            return Ok(v);
+        }
         let b = e.vbitcast(v, v1i)?;
         e.extract(b, 0, i32t)
     };
