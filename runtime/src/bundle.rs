@@ -957,7 +957,8 @@ mod tests {
             .expect("selects");
         assert!(k.code_object_path.ends_with("up.sm_90.ptx"));
         // Each mismatch is refused with the file named.
-        let cases: Vec<(Box<dyn Fn(&mut Manifest, &mut String)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut Manifest, &mut String)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (
                 Box::new(|_, p| *p = p.replace(".target sm_90", ".target sm_80")),
                 "targets sm_80",

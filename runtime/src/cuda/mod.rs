@@ -587,7 +587,7 @@ impl CudaKernel {
         };
         let b = manifest.launch.block;
         let threads: u32 = b.iter().product();
-        if threads == 0 || threads > 1024 || b[0] % 32 != 0 {
+        if threads == 0 || threads > 1024 || !b[0].is_multiple_of(32) {
             return Err(inconsistent(format!(
                 "block {b:?} is not a launchable CUDA block of whole warps"
             )));
