@@ -277,6 +277,7 @@ fn compile_to_dir_writes_code_objects_and_manifests() {
         &[],
         dir.path(),
         &emit,
+        None,
     )
     .expect("compiles");
     assert_eq!(written.len(), spec.targets.len());
@@ -291,6 +292,6 @@ fn compile_to_dir_writes_code_objects_and_manifests() {
     // An output path that is a file is refused before anything is compiled.
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"keep me").expect("write");
-    assert!(nibble_compiler::driver::compile_to_dir(&[spec], &[], &file, &emit).is_err());
+    assert!(nibble_compiler::driver::compile_to_dir(&[spec], &[], &file, &emit, None).is_err());
     assert_eq!(std::fs::read(&file).expect("still there"), b"keep me");
 }

@@ -42,6 +42,10 @@ pub enum Command {
         /// Intermediate stages to write next to the code object, comma separated.
         #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(Stage::ALL.map(Stage::name)))]
         emit: Vec<String>,
+        /// Narrow the M range the manifests declare, `LO..HI` (a bundle with several kernels per shape selects among
+        /// them by M).
+        #[arg(long = "m-range", value_parser = parse_m_range, value_name = "LO..HI")]
+        m_range: Option<(u32, u32)>,
     },
     /// Compile kernels for every distinct quantized linear shape of a checkpoint (a decode- and a prefill-shaped
     /// kernel each), in parallel.
@@ -177,6 +181,17 @@ pub enum Command {
     },
 }
 
+fn parse_m_range(s: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("`{s}` is not an M range: write LO..HI with 1 <= LO <= HI, e.g. 1..16");
+    let (lo, hi) = s.split_once("..").ok_or_else(bad)?;
+    let lo: u32 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u32 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((lo, hi))
+}
+
 fn parse_arch(s: &str) -> Result<Arch, String> {
     Arch::from_name(s).ok_or_else(|| {
         format!(
@@ -221,6 +236,7 @@ pub fn run(
             target,
             out_dir,
             emit,
+            m_range,
         } => {
             let Some(files) = expand_inputs(&files, stderr) else {
                 return 1;
@@ -237,7 +253,7 @@ pub fn run(
                 formats: checked.iter().flat_map(|c| c.formats.clone()).collect(),
                 kernels: checked.into_iter().flat_map(|c| c.kernels).collect(),
             };
-            compile(&all, &target, &out_dir, &emit, stdout, stderr)
+            compile(&all, &target, &out_dir, &emit, m_range, stdout, stderr)
         }
         Command::Inspect {
             file,
@@ -757,6 +773,7 @@ fn compile(
     targets: &[Arch],
     out_dir: &Path,
     emit: &[String],
+    m_range: Option<(u32, u32)>,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
@@ -778,7 +795,7 @@ fn compile(
     }
     let emit: std::collections::BTreeSet<Stage> =
         emit.iter().filter_map(|s| Stage::from_name(s)).collect();
-    match driver::compile_to_dir(&checked.kernels, targets, out_dir, &emit) {
+    match driver::compile_to_dir(&checked.kernels, targets, out_dir, &emit, m_range) {
         Ok(written) => {
             let _ = writeln!(
                 stdout,

@@ -205,6 +205,7 @@ pub fn compile_to_dir(
     targets: &[Arch],
     out_dir: &std::path::Path,
     emit: &BTreeSet<Stage>,
+    m_range: Option<(u32, u32)>,
 ) -> Result<Vec<Written>, OutputError> {
     if out_dir.exists() && !out_dir.is_dir() {
         return Err(OutputError::NotADirectory(out_dir.display().to_string()));
@@ -225,7 +226,7 @@ pub fn compile_to_dir(
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let mut written = vec![];
     for (spec, arch) in jobs {
-        written.push(compile_one_to_dir(spec, arch, out_dir, emit, None)?);
+        written.push(compile_one_to_dir(spec, arch, out_dir, emit, m_range)?);
     }
     Ok(written)
 }

@@ -330,7 +330,14 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     }
     let zero_f = e.f32c(0.0)?;
     let acc_count = (p.m_tiles * p.n_tiles * 4) as usize;
-    let inits = vec![zero_f; acc_count];
+    let mut inits = vec![zero_f; acc_count];
+    // Weights and scales are software-pipelined one K iteration ahead (loop-carried registers): a warp keeps two
+    // iterations of 16-byte loads in flight, which decode kernels need to approach the HBM bandwidth.
+    let w0 = load_w(e, lb)?;
+    let s0 = load_s(e, lb)?;
+    let (nw, nsc) = (w0.len(), s0.len());
+    inits.extend(w0);
+    inits.extend(s0);
 
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
@@ -344,9 +351,15 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.extract(b, 0, i32t)
     };
     let results = e.for_loop(lb, ub, c(1)?, &inits, |l, kt, it| {
-        let mut accs = it;
-        let wcur = load_w(&l, kt)?;
-        let scur = load_s(&l, kt)?;
+        let mut accs = it[..acc_count].to_vec();
+        let wcur = it[acc_count..acc_count + nw].to_vec();
+        let scur = it[acc_count + nw..acc_count + nw + nsc].to_vec();
+        // The next iteration's weights (the last iteration reloads its own: harmless and in bounds).
+        let next = l.addi(kt, l.idx(1)?)?;
+        let last_kt = l.subi(ub, l.idx(1)?)?;
+        let next = l.op1("arith.minui", &[next, last_kt], l.index(), &[])?;
+        let wnext = load_w(&l, next)?;
+        let snext = load_s(&l, next)?;
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
         let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
         let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
@@ -408,6 +421,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             store_x(&l, base, &v)?;
             l.barrier()?;
         }
+        accs.extend(wnext);
+        accs.extend(snext);
         Ok(accs)
     })?;
 
@@ -480,9 +495,14 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let r = e.muli(r, c(p.n)?)?;
                 e.addi(r, col)
             };
+            // Only rows below M are stored and reduced: at decode sizes the tile's padding rows would otherwise
+            // dominate the workspace traffic.
             for (row, col, v, _) in &outputs {
-                let idx = ws_index(e, bz, *row, *col)?;
-                e.store(*v, ws, idx)?;
+                let in_m = e.cmpi(Cmp::Ult, *row, m_idx)?;
+                e.if_then(in_m, |e| {
+                    let idx = ws_index(&e, bz, *row, *col)?;
+                    e.store(*v, ws, idx)
+                })?;
             }
             e.barrier()?;
             let fence = |e: &Emitter<'c, 'b>, ordering: i64| -> Result<(), IrError> {
@@ -538,18 +558,22 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             e.if_then(is_last, |e| {
                 fence(&e, 4)?;
                 for (row, col, _, bias) in &outputs {
-                    let mut sum = None;
-                    for sp in 0..p.split_k {
-                        let idx = ws_index(&e, c(sp)?, *row, *col)?;
-                        let part = e.load(ws, idx, f32t)?;
-                        sum = Some(match sum {
-                            None => part,
-                            Some(acc) => e.addf(acc, part)?,
-                        });
-                    }
-                    if let Some(v) = sum {
-                        finish(&e, *row, *col, v, *bias)?;
-                    }
+                    let in_m = e.cmpi(Cmp::Ult, *row, m_idx)?;
+                    e.if_then(in_m, |e| {
+                        let mut sum = None;
+                        for sp in 0..p.split_k {
+                            let idx = ws_index(&e, c(sp)?, *row, *col)?;
+                            let part = e.load(ws, idx, f32t)?;
+                            sum = Some(match sum {
+                                None => part,
+                                Some(acc) => e.addf(acc, part)?,
+                            });
+                        }
+                        match sum {
+                            Some(v) => finish(&e, *row, *col, v, *bias),
+                            None => Ok(()),
+                        }
+                    })?;
                 }
                 let zero_i = e.i32c(0)?;
                 let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;

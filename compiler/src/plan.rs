@@ -432,6 +432,9 @@ pub const NV_ATOM_K: u32 = 16;
 /// K covered by one 16-byte weight load of a lane on NVIDIA (4 words, one per m16n8k16 step).
 pub const NV_CHUNK_K: u32 = NV_ATOM_K * WORDS_PER_LANE;
 
+/// Resident blocks per SM that NVIDIA decode plans aim at through split-K.
+pub const NV_BLOCKS_PER_SM: u32 = 4;
+
 /// Scale slots per row and 64-K chunk in `nibble.scales_mma_sync_a.v1`.
 pub fn nv_group_slots(group: u32) -> u32 {
     (NV_CHUNK_K / group).max(1)
@@ -539,6 +542,18 @@ fn fragment_plan(spec: &KernelSpec) -> Result<FragmentPlan, String> {
 /// not above the split that fills the CUs. Larger tiles (prefill) have enough workgroups from M.
 pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, arch: Arch) -> u32 {
     let cus = arch.info().cus;
+    if arch.is_nvidia() {
+        // An SM needs several resident blocks (warps waiting on loads while others compute) to keep enough bytes
+        // in flight: aim at NV_BLOCKS_PER_SM blocks per SM for decode tiles.
+        if tile_m > 32 || n_tiles == 0 || k_iters < 2 || n_tiles >= cus * NV_BLOCKS_PER_SM {
+            return 1;
+        }
+        let want = (cus * NV_BLOCKS_PER_SM).div_ceil(n_tiles).min(k_iters);
+        return (1..=want)
+            .rev()
+            .find(|d| k_iters.is_multiple_of(*d))
+            .unwrap_or(1);
+    }
     if tile_m > 32 || n_tiles == 0 || n_tiles >= cus / 2 || k_iters < 2 {
         return 1;
     }
