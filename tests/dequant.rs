@@ -113,7 +113,8 @@ fn the_pass_replaces_every_call_and_removes_the_reference() {
             nibble_compiler::plan::Bf8Convert::Hardware => {
                 assert_eq!(count_ops(&module, "amdgpu.ext_packed_fp8"), 4 * calls)
             }
-            nibble_compiler::plan::Bf8Convert::ViaF16 | nibble_compiler::plan::Bf8Convert::Direct => {
+            nibble_compiler::plan::Bf8Convert::ViaF16
+            | nibble_compiler::plan::Bf8Convert::Direct => {
                 assert_eq!(count_ops(&module, "amdgpu.ext_packed_fp8"), 0)
             }
         }

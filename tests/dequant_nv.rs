@@ -75,7 +75,8 @@ fn scale_values(p: &Plan) -> Vec<f64> {
             .collect(),
         _ => (-20..8)
             .flat_map(|e| {
-                [1.0, 1.1875, 1.5, 1.9921875].map(|m| half::bf16::from_f64(m * 2f64.powi(e)).to_f64())
+                [1.0, 1.1875, 1.5, 1.9921875]
+                    .map(|m| half::bf16::from_f64(m * 2f64.powi(e)).to_f64())
             })
             .collect(),
     }
@@ -97,7 +98,8 @@ fn accepted(p: &Plan) -> Vec<(f64, u16)> {
             }
             let ok = (0..16u8).all(|c| {
                 let v = p.format.element.value(c);
-                let kernel = operand_value(p.x, operand_bits(p.x, v * s * 2f64.powi(-f.epilogue_exp)));
+                let kernel =
+                    operand_value(p.x, operand_bits(p.x, v * s * 2f64.powi(-f.epilogue_exp)));
                 kernel * 2f64.powi(f.epilogue_exp) == operand_value(p.x, operand_bits(p.x, v * s))
             });
             ok.then_some((s, bits))
@@ -124,7 +126,12 @@ fn run_probe(module: &melior::ir::Module, p: &Plan, word: u32, s: [u16; 2]) -> V
 
 /// Mismatches against round(v * s * 2^-epilogue_exp) over every code at every fragment position, with the two
 /// rows' scales taken from different points of the accepted sweep.
-fn mismatches(p: &Plan, module: &melior::ir::Module, sweep: &[(f64, u16)], limit: usize) -> Vec<String> {
+fn mismatches(
+    p: &Plan,
+    module: &melior::ir::Module,
+    sweep: &[(f64, u16)],
+    limit: usize,
+) -> Vec<String> {
     let f = p.fragment.as_ref().expect("fragment plan");
     let mut bad = vec![];
     for (i, (s0, b0)) in sweep.iter().enumerate() {
@@ -152,12 +159,30 @@ fn mismatches(p: &Plan, module: &melior::ir::Module, sweep: &[(f64, u16)], limit
 
 fn cases() -> Vec<(&'static str, Plan)> {
     vec![
-        ("mxfp4 bf16", nv_plan((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16)),
-        ("nvfp4 bf16", nv_plan((2, 1, 1), ScaleType::E4m3, 16, DType::Bf16)),
-        ("mxfp4 f16", nv_plan((2, 1, 1), ScaleType::E8m0, 32, DType::F16)),
-        ("nvfp4 f16", nv_plan((2, 1, 1), ScaleType::E4m3, 16, DType::F16)),
-        ("e1m2 bf16 scales", nv_plan((1, 2, 1), ScaleType::Bf16, 64, DType::Bf16)),
-        ("e1m2 f16", nv_plan((1, 2, 1), ScaleType::E8m0, 128, DType::F16)),
+        (
+            "mxfp4 bf16",
+            nv_plan((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16),
+        ),
+        (
+            "nvfp4 bf16",
+            nv_plan((2, 1, 1), ScaleType::E4m3, 16, DType::Bf16),
+        ),
+        (
+            "mxfp4 f16",
+            nv_plan((2, 1, 1), ScaleType::E8m0, 32, DType::F16),
+        ),
+        (
+            "nvfp4 f16",
+            nv_plan((2, 1, 1), ScaleType::E4m3, 16, DType::F16),
+        ),
+        (
+            "e1m2 bf16 scales",
+            nv_plan((1, 2, 1), ScaleType::Bf16, 64, DType::Bf16),
+        ),
+        (
+            "e1m2 f16",
+            nv_plan((1, 2, 1), ScaleType::E8m0, 128, DType::F16),
+        ),
     ]
 }
 
@@ -172,7 +197,11 @@ fn fragment_recipe_matches_the_table_reference_for_every_code_and_accepted_scale
             (ScaleType::E4m3, _) => 126,           // every positive e4m3 code
             _ => 100,
         };
-        assert!(sweep.len() >= need, "{name}: only {} scales accepted", sweep.len());
+        assert!(
+            sweep.len() >= need,
+            "{name}: only {} scales accepted",
+            sweep.len()
+        );
         let module = dequant::build_probe(&p).expect("builds");
         let before = mismatches(&p, &module, &sweep, 5);
         assert!(before.is_empty(), "{name}: reference function: {before:#?}");
@@ -180,7 +209,10 @@ fn fragment_recipe_matches_the_table_reference_for_every_code_and_accepted_scale
         let after = mismatches(&p, &module, &sweep, 5);
         assert!(after.is_empty(), "{name}: lowered sequence: {after:#?}");
         let text = module.as_operation().to_string();
-        assert!(!text.contains("f4E2M1FN"), "{name}: element-wise decode left");
+        assert!(
+            !text.contains("f4E2M1FN"),
+            "{name}: element-wise decode left"
+        );
     }
 }
 
@@ -196,7 +228,10 @@ fn broken_fragment_recipes_are_detected() {
     }
     let module = dequant::build_probe(&bad_shift).expect("builds");
     dequant::run(&module, &bad_shift).expect("pass");
-    assert!(!mismatches(&good, &module, &sweep, 1).is_empty(), "wrong shift undetected");
+    assert!(
+        !mismatches(&good, &module, &sweep, 1).is_empty(),
+        "wrong shift undetected"
+    );
 
     let module = dequant::build_probe(&good).expect("builds");
     dequant::run(&module, &good).expect("pass");
@@ -216,7 +251,12 @@ fn broken_fragment_recipes_are_detected() {
     let shifted: Vec<(f64, u16)> = sweep
         .iter()
         .take(60)
-        .map(|(s, _)| (*s, operand_bits(DType::Bf16, s * 2f64.powi(good.scale_layout.exp_offset + 1))))
+        .map(|(s, _)| {
+            (
+                *s,
+                operand_bits(DType::Bf16, s * 2f64.powi(good.scale_layout.exp_offset + 1)),
+            )
+        })
         .collect();
     assert!(
         !mismatches(&good, &module, &shifted, 1).is_empty(),

@@ -199,8 +199,9 @@ fn fragment_reference<'c, 'b>(
         ];
         let mut code = None;
         for (cbit, obit) in targets {
-            let src = crate::plan::fragment_source_bit(&f.outputs, reg, obit)
-                .ok_or_else(|| ir::emit::build_err("nibble_dequant", "fragment bit without a piece"))?;
+            let src = crate::plan::fragment_source_bit(&f.outputs, reg, obit).ok_or_else(|| {
+                ir::emit::build_err("nibble_dequant", "fragment bit without a piece")
+            })?;
             let sh = e.i32c(i64::from(src))?;
             let b = e.shrui(word, sh)?;
             let b = e.andi(b, one)?;
@@ -269,7 +270,8 @@ fn fragment_bits<'c, 'b>(
                 Some(a) => e.ori(a, v)?,
             });
         }
-        let bits = acc.ok_or_else(|| ir::emit::build_err("nibble_dequant", "register without pieces"))?;
+        let bits =
+            acc.ok_or_else(|| ir::emit::build_err("nibble_dequant", "register without pieces"))?;
         let v1 = e.broadcast(bits, e.vector(1, i32t))?;
         let raw = e.vbitcast(v1, v2)?;
         let h = (r % 2) as i64;

@@ -45,8 +45,9 @@ pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError
     let yt = dtype(e, p.y);
     let i32t = e.int(32);
     let f32t = e.f32();
-    let memref =
-        |elem: Type<'c>, n: u64| -> Type<'c> { MemRefType::new(elem, &[n as i64], None, None).into() };
+    let memref = |elem: Type<'c>, n: u64| -> Type<'c> {
+        MemRefType::new(elem, &[n as i64], None, None).into()
+    };
     let (n, k) = (u64::from(p.n), u64::from(p.k));
     let m_max = u64::from(p.m_max);
     let mut inputs = vec![
@@ -95,7 +96,11 @@ pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError
     let x = next()?;
     let w = next()?;
     let s = next()?;
-    let bias = if p.bias.is_some() { Some(next()?) } else { None };
+    let bias = if p.bias.is_some() {
+        Some(next()?)
+    } else {
+        None
+    };
     let y = next()?;
     let split = if p.split_k > 1 {
         Some((next()?, next()?))

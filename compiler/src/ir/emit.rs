@@ -530,7 +530,10 @@ impl<'c, 'b> Emitter<'c, 'b> {
                 "llvm.extractvalue",
                 &[r],
                 f32t,
-                &[("position", DenseI64ArrayAttribute::new(self.ctx, &[i]).into())],
+                &[(
+                    "position",
+                    DenseI64ArrayAttribute::new(self.ctx, &[i]).into(),
+                )],
             )
         };
         Ok([get(0)?, get(1)?, get(2)?, get(3)?])
