@@ -592,14 +592,14 @@ fn run_input_errors_are_one_line_and_name_the_tensor() {
             "--output".as_ref(),
             out.as_os_str(),
         ]);
+        // HIP opens the device (none here); CUDA refuses the gfx942 kernel before touching any device.
         assert_error(
             &r,
             if dev == "hip" {
-                "no HIP device found".to_string()
+                "no HIP device found"
             } else {
-                format!("device {dev} is not available in this build")
-            }
-            .as_str(),
+                "compiled for gfx942; --device cuda runs sm_80/sm_90 kernels"
+            },
             &out,
         );
     }
@@ -850,6 +850,112 @@ fn hip_device_paths_fail_with_one_line_without_a_gpu() {
         assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
         assert!(r.stderr.contains("no HIP device found"), "{}", r.stderr);
     }
+}
+
+/// An sm_90 MXFP4 kernel (split-K at this shape) compiled by `nibble compile`; returns its manifest.
+fn sm90_kernel(dir: &Path) -> PathBuf {
+    let nib = dir.join("nv.nib");
+    std::fs::write(
+        &nib,
+        "kernel nv_mx {\n  target sm_90\n  x bf16[M, 256]\n  w mxfp4[128, 256]\n  y bf16[M, 128]\n  \
+         bias bf16[128]\n  tile m=16 n=64 k=128\n  waves m=1 n=2\n  mma 16x16x16\n  stages 2\n}\n",
+    )
+    .expect("write .nib");
+    let out = dir.join("out");
+    let r = nibble(&[
+        OsString::from("compile"),
+        nib.into(),
+        "-o".into(),
+        out.clone().into(),
+    ]);
+    assert_eq!(r.code, 0, "compile failed: {}", r.stderr);
+    out.join("nv_mx.sm_90.json")
+}
+
+#[test]
+fn cuda_device_paths_fail_with_one_line_without_an_nvidia_gpu() {
+    // This machine (and CI) has no NVIDIA driver: `run`, `bench` and `tune` with --device cuda say so in one line
+    // and exit 1. On a machine with an NVIDIA GPU, `run` must instead pass the reference check.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mpath = sm90_kernel(dir.path());
+    let y = dir.path().join("y.safetensors");
+    let run = nibble(&[
+        OsString::from("run"),
+        mpath.clone().into(),
+        "--device".into(),
+        "cuda".into(),
+        "--random".into(),
+        "4".into(),
+    ]);
+    let no_gpu = run.stderr.contains("no NVIDIA GPU: ");
+    if !no_gpu {
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert!(run.stdout.contains("on CUDA device"), "{}", run.stdout);
+        assert!(printed_ratio(&run.stdout) <= 1.0, "{}", run.stdout);
+        return;
+    }
+    assert_error(&run, "no NVIDIA GPU: ", &y);
+    let bench = nibble(&[
+        OsString::from("bench"),
+        mpath.clone().into(),
+        "--device".into(),
+        "cuda".into(),
+    ]);
+    assert_error(&bench, "no NVIDIA GPU: ", &y);
+    let tune = nibble(&[
+        "tune",
+        "dsl-examples/auto.nib",
+        "--device",
+        "cuda",
+        "--target",
+        "sm_90",
+        "-o",
+        "/nonexistent-tune-out-cuda",
+    ]);
+    assert_error(&tune, "no NVIDIA GPU: ", &y);
+    assert!(!Path::new("/nonexistent-tune-out-cuda").exists());
+
+    // Input errors are still found first: a wrong-dtype bias fails before the device is looked for.
+    let bad = dir.path().join("bad.safetensors");
+    let bits = |n: usize| vec![0u16; n];
+    let u8s = |shape: Vec<usize>, v: u8| OwnedTensor {
+        dtype: Dtype::U8,
+        data: vec![v; shape.iter().product()],
+        shape,
+    };
+    write_atomic(
+        &bad,
+        &[
+            (
+                "x".into(),
+                OwnedTensor::u16s(Dtype::BF16, vec![2, K], &bits(2 * K)),
+            ),
+            ("weight".into(), u8s(vec![N, K / 2], 0)),
+            ("weight_scale".into(), u8s(vec![N, K / 32], 127)),
+            (
+                "bias".into(),
+                OwnedTensor::u16s(Dtype::F16, vec![N], &bits(N)),
+            ),
+        ],
+    )
+    .expect("write inputs");
+    let r = nibble(&[
+        OsString::from("run"),
+        mpath.into(),
+        "--device".into(),
+        "cuda".into(),
+        "--inputs".into(),
+        bad.into(),
+        "--output".into(),
+        y.clone().into(),
+    ]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("bias") && !r.stderr.contains("NVIDIA"),
+        "{}",
+        r.stderr
+    );
+    assert!(!y.exists());
 }
 
 #[test]

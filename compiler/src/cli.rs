@@ -65,12 +65,12 @@ pub enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
-    /// Time a compiled kernel on a GPU with random inputs: median of warm runs (HIP events), weight traffic in TB/s,
-    /// TFLOP/s, and the HBM roofline of the arch.
+    /// Time a compiled kernel on a GPU with random inputs: median of warm runs (HIP or CUDA events), weight traffic
+    /// in TB/s, TFLOP/s, and the HBM roofline of the arch.
     Bench {
         /// The kernel's manifest.
         manifest: PathBuf,
-        /// Where to run: `hip`.
+        /// Where to run: `hip` (gfx kernels) or `cuda` (sm_80/sm_90 kernels; `$NIBBLE_CUDA_DEVICE`, default 0).
         #[arg(long, default_value = "hip", value_name = "DEVICE")]
         device: String,
         /// Rows (tokens).
@@ -88,7 +88,7 @@ pub enum Command {
     Tune {
         /// The .nib file.
         file: PathBuf,
-        /// Where to measure: `hip`.
+        /// Where to measure: `hip` (gfx targets) or `cuda` (sm_80/sm_90 targets).
         #[arg(long, default_value = "hip", value_name = "DEVICE")]
         device: String,
         /// Target arch (must be the device's).
@@ -150,7 +150,8 @@ pub enum Command {
     Run {
         /// The kernel's manifest (`<kernel>.<arch>.json`, written by `compile`).
         manifest: PathBuf,
-        /// Where to run: `interpret` (the virtual CDNA interpreter).
+        /// Where to run: `interpret` (the virtual CDNA interpreter), `hip` (gfx kernels on an AMD GPU) or `cuda`
+        /// (sm_80/sm_90 kernels on an NVIDIA GPU; `$NIBBLE_CUDA_DEVICE`, default 0).
         #[arg(long, default_value = "interpret", value_name = "DEVICE")]
         device: String,
         /// safetensors file with `x`, `weight`, `weight_scale` (`weight_scale_2`, `bias` as the kernel needs).
@@ -370,9 +371,9 @@ fn bench_cmd(
     iters: usize,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
-    if device != "hip" {
+    if device != "hip" && device != "cuda" {
         return Err(format!(
-            "nibble bench times kernels on a GPU: --device hip (got `{device}`)"
+            "nibble bench times kernels on a GPU: --device hip or --device cuda (got `{device}`)"
         ));
     }
     let bundle = crate::run::Bundle::load(manifest).map_err(|e| e.to_string())?;
@@ -381,11 +382,20 @@ fn bench_cmd(
     let code = std::fs::read(dir.join(&man.code_object))
         .map_err(|e| format!("{}: {e}", dir.join(&man.code_object).display()))?;
     let inputs = crate::run::random_inputs(man, m, 1).map_err(|e| e.to_string())?;
-    let out = crate::run::run_hip(&bundle, &code, &inputs, 0, warmup, iters)
-        .map_err(|e| e.to_string())?;
-    let mut t = out.times_ms.clone();
+    let (mut t, device_name) = if device == "cuda" {
+        let out = crate::run::run_cuda(&bundle, &code, &inputs, cuda_device()?, warmup, iters)
+            .map_err(|e| e.to_string())?;
+        (out.times_ms, out.device)
+    } else {
+        let out = crate::run::run_hip(&bundle, &code, &inputs, 0, warmup, iters)
+            .map_err(|e| e.to_string())?;
+        (out.times_ms, out.device_arch)
+    };
     t.sort_by(f32::total_cmp);
-    let median_us = f64::from(t[t.len() / 2]) * 1e3;
+    let median_us = t
+        .get(t.len() / 2)
+        .map(|&v| f64::from(v) * 1e3)
+        .ok_or("no timed runs")?;
     let (n, k) = (f64::from(man.shapes.n), f64::from(man.shapes.k));
     let weight_bytes = n * k / 2.0 + n * k / f64::from(man.format.group) * 4.0;
     let flops = 2.0 * f64::from(m) * n * k;
@@ -394,7 +404,7 @@ fn bench_cmd(
         stdout,
         "{} on {} (M={m} N={n} K={k}): median {median_us:.1} us of {} runs, weights {:.2} TB/s, {:.1} TFLOP/s{}",
         man.kernel,
-        out.device_arch,
+        device_name,
         t.len(),
         weight_bytes / (median_us * 1e-6) / 1e12,
         flops / (median_us * 1e-6) / 1e12,
@@ -405,6 +415,11 @@ fn bench_cmd(
         ))
     );
     Ok(())
+}
+
+/// The CUDA device index: `$NIBBLE_CUDA_DEVICE`, default 0.
+fn cuda_device() -> Result<usize, String> {
+    nibble_runtime::cuda::default_index().map_err(|e| e.to_string())
 }
 
 /// `nibble tune`: the device is opened first, so a machine without a GPU fails before any compilation.
@@ -418,21 +433,38 @@ fn tune_cmd(
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
     use crate::spec::Schedule;
-    if device != "hip" {
-        return Err(format!(
-            "nibble tune measures on a GPU: --device hip (got `{device}`)"
-        ));
+    let cuda = match device {
+        "hip" => false,
+        "cuda" => true,
+        _ => {
+            return Err(format!(
+                "nibble tune measures on a GPU: --device hip or --device cuda (got `{device}`)"
+            ))
+        }
+    };
+    if cuda {
+        let index = cuda_device()?;
+        let dev = nibble_runtime::cuda::Device::open(index).map_err(|e| e.to_string())?;
+        let i = dev.info();
+        let device_arch = format!("sm_{}{}", i.major, i.minor);
+        if device_arch != arch.name() {
+            return Err(format!(
+                "the CUDA device {index} ({}) is {device_arch} but --target is {}: tune on a device of the target arch",
+                i.name,
+                arch.name()
+            ));
+        }
+    } else {
+        let dev = nibble_runtime::hip::Device::open(0).map_err(|e| e.to_string())?;
+        let device_arch = nibble_runtime::hip::arch_base(dev.arch());
+        if device_arch != arch.name() {
+            return Err(format!(
+                "the HIP device is {} but --target is {}: tune on a device of the target arch",
+                dev.arch(),
+                arch.name()
+            ));
+        }
     }
-    let dev = nibble_runtime::hip::Device::open(0).map_err(|e| e.to_string())?;
-    let device_arch = nibble_runtime::hip::arch_base(dev.arch());
-    if device_arch != arch.name() {
-        return Err(format!(
-            "the HIP device is {} but --target is {}: tune on a device of the target arch",
-            dev.arch(),
-            arch.name()
-        ));
-    }
-    drop(dev);
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for k in &checked.kernels {
         if !matches!(k.schedule, Schedule::Auto) {
@@ -455,11 +487,20 @@ fn tune_cmd(
             };
             let inputs =
                 crate::run::random_inputs(&bundle.manifest, m, 1).map_err(|e| e.to_string())?;
-            let run = crate::run::run_hip(&bundle, &out.hsaco, &inputs, 0, 3, 10)
-                .map_err(|e| e.to_string())?;
-            let mut t = run.times_ms;
+            let mut t = if cuda {
+                crate::run::run_cuda(&bundle, &out.hsaco, &inputs, cuda_device()?, 3, 10)
+                    .map_err(|e| e.to_string())?
+                    .times_ms
+            } else {
+                crate::run::run_hip(&bundle, &out.hsaco, &inputs, 0, 3, 10)
+                    .map_err(|e| e.to_string())?
+                    .times_ms
+            };
             t.sort_by(f32::total_cmp);
-            let us = f64::from(t[t.len() / 2]) * 1e3;
+            let us = t
+                .get(t.len() / 2)
+                .map(|&v| f64::from(v) * 1e3)
+                .ok_or("no timed runs")?;
             let _ = writeln!(
                 stdout,
                 "{}: {}x{}x{} waves {}x{} {}: predicted {:.1} us, measured {us:.1} us",
@@ -905,8 +946,8 @@ enum Inputs<'a> {
     Random { rows: u32, seed: u64 },
 }
 
-/// Devices `nibble run` knows; only the interpreter is in this build.
-const DEVICES: &[&str] = &["interpret", "hip"];
+/// Devices `nibble run` knows.
+const DEVICES: &[&str] = &["interpret", "hip", "cuda"];
 
 fn run_kernel(args: &RunArgs<'_>, stdout: &mut dyn Write, stderr: &mut dyn Write) -> i32 {
     match run_kernel_inner(args, stdout) {
@@ -925,8 +966,8 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
     use nibble_runtime::numerics::DType;
 
     match args.device {
-        "interpret" | "hip" => {}
-        "cuda" | "rocm" | "gpu" => {
+        "interpret" | "hip" | "cuda" => {}
+        "rocm" | "gpu" => {
             return Err(format!(
                 "device {} is not available in this build (devices: {})",
                 args.device,
@@ -969,6 +1010,13 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
     }
     let bundle = crate::run::Bundle::load(args.manifest).map_err(|e| e.to_string())?;
     let m = &bundle.manifest;
+    if args.device == "cuda" && nibble_runtime::ptx::parse_sm(&m.arch).is_none() {
+        return Err(crate::run::CudaRunError::NotCuda {
+            manifest: args.manifest.display().to_string(),
+            arch: m.arch.clone(),
+        }
+        .to_string());
+    }
     let dir = args.manifest.parent().unwrap_or(Path::new("."));
     if let Some(output) = args.output {
         for (file, what) in [(&m.kernel_ir, "kernel IR"), (&m.code_object, "code object")] {
@@ -1025,22 +1073,29 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
     } else {
         None
     };
-    if args.device == "hip" {
-        // The GPU path: same validation and repacking, then the code object on the first HIP device.
+    if args.device == "hip" || args.device == "cuda" {
+        // The GPU paths: the same validation and the manifest's layouts, then the code object on the first HIP
+        // device, or the PTX on the CUDA device (`$NIBBLE_CUDA_DEVICE`).
         let code = std::fs::read(dir.join(&m.code_object))
             .map_err(|e| format!("{}: {e}", dir.join(&m.code_object).display()))?;
-        let out =
-            crate::run::run_hip(&bundle, &code, &inputs, 0, 1, 1).map_err(|e| e.to_string())?;
+        let (y, times_ms, vendor, device) = if args.device == "cuda" {
+            let out = crate::run::run_cuda(&bundle, &code, &inputs, cuda_device()?, 1, 1)
+                .map_err(|e| e.to_string())?;
+            (out.y, out.times_ms, "CUDA", out.device)
+        } else {
+            let out =
+                crate::run::run_hip(&bundle, &code, &inputs, 0, 1, 1).map_err(|e| e.to_string())?;
+            (out.y, out.times_ms, "HIP", out.device_arch)
+        };
         let _ = writeln!(
             stdout,
-            "ran {} ({}) on HIP device {}: M={rows} N={n} K={k}, {:.1} us",
+            "ran {} ({}) on {vendor} device {device}: M={rows} N={n} K={k}, {:.1} us",
             m.kernel,
             m.arch,
-            out.device_arch,
-            out.times_ms.first().copied().unwrap_or(0.0) * 1e3
+            times_ms.first().copied().unwrap_or(0.0) * 1e3
         );
         return finish_run(
-            args, stdout, &out.y, rows, n, k, y_dtype, x_dtype, m, &inputs, w_deq,
+            args, stdout, &y, rows, n, k, y_dtype, x_dtype, m, &inputs, w_deq,
         );
     }
     let start = std::time::Instant::now();

@@ -278,109 +278,36 @@ pub fn run_interpreted(
     Ok(RunOutput { y, stats })
 }
 
-/// A small deterministic generator (xorshift64*) for reproducible random inputs.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        // A zero state would stay zero.
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [0, 1).
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Roughly normal with unit variance (sum of 12 uniforms).
-    pub fn normal(&mut self) -> f64 {
-        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
-    }
-}
-
-fn half_bits(v: f64, dtype: &str) -> u16 {
-    if dtype == "f16" {
-        half::f16::from_f64(v).to_bits()
-    } else {
-        half::bf16::from_f64(v).to_bits()
-    }
-}
+/// The deterministic generator of [`random_inputs`] (the runtime's, shared with `nibble-rt`).
+pub use nibble_runtime::numerics::inputs::Rng;
 
 /// Random inputs for a bundle, made the way real checkpoints are: normal activations, and normal weights quantized
 /// by the format's quantizer (MXFP4, NVFP4); other formats get uniformly random element codes and block scales of
-/// moderate magnitude in their own scale type.
+/// moderate magnitude in their own scale type. The runtime's generator
+/// ([`nibble_runtime::numerics::inputs::random_inputs`], shared with `nibble-rt`), in this module's types.
 pub fn random_inputs(m: &Manifest, rows: u32, seed: u64) -> Result<LayerInputs, RunError> {
-    use nibble_runtime::numerics::{quantize, ScaleType};
-    let mut rng = Rng::new(seed);
-    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
-    let f = &m.format;
-    let e2m1 = f.element.exp_bits == 2 && f.element.man_bits == 1 && f.element.bias == 1;
-    let scale = ScaleType::parse(&f.scale)
-        .ok_or_else(|| input_err("weight_scale", format!("scale type {}", f.scale)))?;
-    let quant_err =
-        |e: nibble_runtime::numerics::quantize::QuantError| input_err("weight", e.to_string());
-    let (weight, scales, tensor_scale) = match (e2m1, scale, f.group, f.tensor_scale) {
-        (true, ScaleType::E8m0, 32, false) => {
-            let w: Vec<f32> = (0..n * k).map(|_| (rng.normal() * 0.02) as f32).collect();
-            let q = quantize::quantize_mxfp4(&w, n, k).map_err(quant_err)?;
-            (q.weight, ScaleData::Bytes(q.scale), None)
-        }
-        (true, ScaleType::E4m3, 16, true) => {
-            let w: Vec<f32> = (0..n * k).map(|_| (rng.normal() * 0.02) as f32).collect();
-            let q = quantize::quantize_nvfp4(&w, n, k).map_err(quant_err)?;
-            (q.weight, ScaleData::Bytes(q.scale), Some(q.tensor_scale))
-        }
-        _ => {
-            let groups = n * (k / f.group as usize);
-            let mut value = || 2f64.powi((rng.next_u64() % 8) as i32 - 6) * (1.0 + rng.unit());
-            let scales = match scale {
-                ScaleType::E8m0 => ScaleData::Bytes(
-                    (0..groups)
-                        .map(|_| (121 + value().log2() as i32) as u8)
-                        .collect(),
-                ),
-                ScaleType::E4m3 => ScaleData::Bytes(
-                    (0..groups)
-                        .map(|_| nibble_runtime::numerics::fp8::e4m3fn_encode(value() as f32))
-                        .collect(),
-                ),
-                ScaleType::F16 => ScaleData::F16(
-                    (0..groups)
-                        .map(|_| half::f16::from_f64(value()).to_bits())
-                        .collect(),
-                ),
-                ScaleType::Bf16 => ScaleData::Bf16(
-                    (0..groups)
-                        .map(|_| half::bf16::from_f64(value()).to_bits())
-                        .collect(),
-                ),
-                ScaleType::F32 => ScaleData::F32((0..groups).map(|_| value() as f32).collect()),
-            };
-            let weight = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
-            (weight, scales, f.tensor_scale.then_some(0.5))
-        }
-    };
-    let x = Half16 {
-        dtype: m.shapes.x_dtype.clone(),
-        bits: (0..rows as usize * k)
-            .map(|_| half_bits(rng.normal(), &m.shapes.x_dtype))
-            .collect(),
-    };
-    let bias = m.shapes.bias_dtype.as_ref().map(|dt| Half16 {
-        dtype: dt.clone(),
-        bits: (0..n).map(|_| half_bits(rng.normal(), dt)).collect(),
-    });
+    use nibble_runtime::numerics::inputs::{self, InputsError};
+    let h = inputs::random_inputs(m, rows, seed).map_err(|e| {
+        let name = match e {
+            InputsError::DType { what, .. } => what,
+            InputsError::ScaleType { .. } => "weight_scale",
+            _ => "weight",
+        };
+        input_err(name, e.to_string())
+    })?;
     Ok(LayerInputs {
-        m: rows,
-        x,
-        weight,
-        scales,
-        tensor_scale,
-        bias,
+        m: h.rows,
+        x: Half16 {
+            dtype: h.x_dtype.name().to_string(),
+            bits: h.x,
+        },
+        weight: h.weight,
+        scales: h.scales,
+        tensor_scale: h.tensor_scale,
+        bias: h.bias.map(|(d, bits)| Half16 {
+            dtype: d.name().to_string(),
+            bits,
+        }),
     })
 }
 
@@ -506,5 +433,109 @@ pub fn run_hip(
         y,
         times_ms,
         device_arch: dev.arch().to_string(),
+    })
+}
+
+// ---- CUDA execution (sm_80/sm_90 kernels; the runtime's CUDA launch path, shared with QuantLinear and nibble-rt) --
+
+/// What a CUDA run produced.
+pub struct CudaOutput {
+    pub y: Vec<u16>,
+    /// Kernel times of the timed runs, in milliseconds (CUDA events around each launch).
+    pub times_ms: Vec<f32>,
+    /// The device's name and compute capability, e.g. `NVIDIA H100 80GB HBM3 (sm_90)`.
+    pub device: String,
+}
+
+#[derive(Debug, Error)]
+pub enum CudaRunError {
+    #[error(
+        "{manifest}: the kernel is compiled for {arch}; --device cuda runs sm_80/sm_90 kernels"
+    )]
+    NotCuda { manifest: String, arch: String },
+    #[error(transparent)]
+    Cuda(#[from] nibble_runtime::cuda::CudaError),
+    #[error(transparent)]
+    Launch(#[from] nibble_runtime::launch::LaunchError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Validates the inputs against the manifest, then repacks weights and scales into the manifest's layouts, whichever
+/// they are (AMD f32 scales or the sm_80/sm_90 16-bit ones).
+pub fn validate_and_repack_any(
+    m: &Manifest,
+    inp: &LayerInputs,
+) -> Result<(Vec<u32>, repack::RepackedScales), RunError> {
+    validate(m, inp)?;
+    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
+    let words = repack::repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k)
+        .map_err(|e| RunError::Repack(e.to_string()))?;
+    let scales = repack::repack_scales_for(
+        &m.weight_layout,
+        &m.scale_layout,
+        &m.format,
+        &inp.scales,
+        n,
+        k,
+    )
+    .map_err(|e| RunError::Repack(e.to_string()))?;
+    Ok((words, scales))
+}
+
+/// Runs the bundle's PTX on CUDA device `device` for the given inputs: `warmup` untimed launches, then `timed`
+/// launches each bracketed by events. The kernel must be for an `sm_*` arch; every input is validated and repacked
+/// before the device is touched; the device's capability, the PTX and the launch geometry are checked before the
+/// PTX is loaded. Not run on hardware yet.
+pub fn run_cuda(
+    bundle: &Bundle,
+    ptx: &[u8],
+    inp: &LayerInputs,
+    device: usize,
+    warmup: usize,
+    timed: usize,
+) -> Result<CudaOutput, CudaRunError> {
+    use nibble_runtime::cuda::{CudaKernel, Device};
+    use nibble_runtime::linear_cuda::KernelCase;
+    let m = &bundle.manifest;
+    if nibble_runtime::ptx::parse_sm(&m.arch).is_none() {
+        return Err(CudaRunError::NotCuda {
+            manifest: bundle.manifest_path.display().to_string(),
+            arch: m.arch.clone(),
+        });
+    }
+    let (words, scales) = validate_and_repack_any(m, inp)?;
+
+    let dev = Device::open(device)?;
+    let kernel = CudaKernel::load(&dev, m, ptx)?;
+    let stream = dev.stream()?;
+    let case = KernelCase::upload(
+        &dev,
+        m,
+        inp.m,
+        &inp.x.bits,
+        &words,
+        &scales,
+        inp.bias.as_ref().map(|b| b.bits.as_slice()),
+        inp.tensor_scale,
+    )?;
+    for _ in 0..warmup {
+        case.launch(&kernel, &stream)?;
+    }
+    let (start, end) = (dev.event()?, dev.event()?);
+    let mut times_ms = vec![];
+    for _ in 0..timed.max(1) {
+        start.record(&stream)?;
+        case.launch(&kernel, &stream)?;
+        end.record(&stream)?;
+        end.synchronize()?;
+        times_ms.push(start.elapsed_ms(&end)?);
+    }
+    stream.synchronize()?;
+    let info = dev.info();
+    Ok(CudaOutput {
+        y: case.read_y()?,
+        times_ms,
+        device: format!("{} (sm_{}{})", info.name, info.major, info.minor),
     })
 }

@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod hip;
 pub mod launch;
 pub mod linear;
+pub mod linear_cuda;
 pub mod linear_hip;
 pub mod manifest;
 pub mod numerics;

@@ -7,15 +7,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use nibble_runtime::bundle::KernelBundle;
-use nibble_runtime::cuda::{self, CudaKernel, Device, DeviceBuffer};
-use nibble_runtime::launch::ArgValue;
-use nibble_runtime::manifest::{ArgRole, Manifest};
+use nibble_runtime::cuda::{self, CudaKernel, Device};
+use nibble_runtime::linear_cuda::KernelCase;
+use nibble_runtime::manifest::Manifest;
 use nibble_runtime::numerics::compare::{compare, decode, Comparison};
-use nibble_runtime::numerics::fp8::{e4m3fn_decode, e4m3fn_encode, e8m0_decode};
+use nibble_runtime::numerics::inputs::{adversarial_inputs, random_inputs, HostInputs};
 use nibble_runtime::numerics::reference::dequant_weight;
 use nibble_runtime::numerics::repack::{repack_scales_for, repack_weight, RepackedScales};
-use nibble_runtime::numerics::repack_mma::{mma_scale_bits, FragmentCodec, MmaScaleGeometry};
-use nibble_runtime::numerics::{quantize, DType, ScaleData, ScaleType};
+use nibble_runtime::numerics::repack_mma::FragmentCodec;
+use nibble_runtime::numerics::DType;
 
 #[derive(Parser)]
 #[command(
@@ -68,166 +68,17 @@ fn s<E: std::fmt::Display>(e: E) -> String {
     e.to_string()
 }
 
-/// xorshift64* (the same generator as the compiler's `run::Rng`).
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed ^ 0x9E37_79B9_7F4A_7C15 | 1)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
-    }
-}
-
 fn dtype(s: &str) -> Res<DType> {
     DType::parse(s).ok_or_else(|| format!("dtype {s:?} is not bf16 or f16"))
 }
 
-fn bits_of(v: f64, d: DType) -> u16 {
-    match d {
-        DType::Bf16 => half::bf16::from_f64(v).to_bits(),
-        DType::F16 => half::f16::from_f64(v).to_bits(),
-    }
-}
-
-/// One layer's checkpoint-layout inputs.
-struct Inputs {
-    x: Vec<u16>,
-    weight: Vec<u8>,
-    scales: ScaleData,
-    tensor_scale: Option<f32>,
-    bias: Option<Vec<u16>>,
-}
-
-/// Positive scale values the kernel applies exactly, of the format's scale type (as codes or bits), ascending.
-fn accepted_scale_codes(m: &Manifest) -> Res<Vec<u8>> {
-    let st = ScaleType::parse(&m.format.scale).ok_or("unknown scale type")?;
-    let g = MmaScaleGeometry::new(&m.weight_layout, &m.scale_layout, &m.format).map_err(s)?;
-    let decode8 = match st {
-        ScaleType::E8m0 => e8m0_decode,
-        ScaleType::E4m3 => e4m3fn_decode,
-        _ => return Ok(vec![]),
-    };
-    Ok((1u8..=0xFE)
-        .filter(|&c| {
-            let v = f64::from(decode8(c));
-            v > 0.0 && v.is_finite() && mma_scale_bits(v, &m.format.element, &g).is_ok()
-        })
-        .collect())
-}
-
-fn random_inputs(m: &Manifest, rows: u32, seed: u64, adversarial: bool) -> Res<Inputs> {
-    let mut rng = Rng::new(seed);
-    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
-    let f = &m.format;
-    let xd = dtype(&m.shapes.x_dtype)?;
-    let st = ScaleType::parse(&f.scale).ok_or("unknown scale type")?;
-    let groups = n * (k / f.group as usize);
-    let e2m1 = f.element.exp_bits == 2 && f.element.man_bits == 1 && f.element.bias == 1;
-    let (weight, scales, tensor_scale) = if adversarial {
-        // Every code at every fragment position: code (3n + k) mod 16.
-        let weight = (0..n * k / 2)
-            .map(|i| {
-                let (r, c) = (i / (k / 2), 2 * (i % (k / 2)));
-                let code = |c: usize| ((3 * r + c) % 16) as u8;
-                code(c) | code(c + 1) << 4
-            })
-            .collect();
-        let acc = accepted_scale_codes(m)?;
-        let scales = match st {
-            // The smallest and the largest accepted exponent, alternating by row.
-            ScaleType::E8m0 => {
-                let (lo, hi) = (
-                    *acc.first().ok_or("no accepted scale")?,
-                    *acc.last().ok_or("no accepted scale")?,
-                );
-                ScaleData::Bytes(
-                    (0..groups)
-                        .map(|i| {
-                            if (i / (k / f.group as usize)).is_multiple_of(2) {
-                                lo
-                            } else {
-                                hi
-                            }
-                        })
-                        .collect(),
-                )
-            }
-            // Every accepted E4M3 code.
-            ScaleType::E4m3 => {
-                ScaleData::Bytes((0..groups).map(|i| acc[i % acc.len().max(1)]).collect())
-            }
-            ScaleType::Bf16 => ScaleData::Bf16(
-                (0..groups)
-                    .map(|i| bits_of(2f64.powi((i % 9) as i32 - 4), DType::Bf16))
-                    .collect(),
-            ),
-            ScaleType::F16 => ScaleData::F16(
-                (0..groups)
-                    .map(|i| bits_of(2f64.powi((i % 9) as i32 - 4), DType::F16))
-                    .collect(),
-            ),
-            ScaleType::F32 => {
-                ScaleData::F32((0..groups).map(|i| 2f32.powi((i % 9) as i32 - 4)).collect())
-            }
-        };
-        (weight, scales, f.tensor_scale.then_some(0.5))
-    } else if e2m1 && st == ScaleType::E8m0 && f.group == 32 && !f.tensor_scale {
-        let w: Vec<f32> = (0..n * k).map(|_| (rng.normal() * 0.02) as f32).collect();
-        let q = quantize::quantize_mxfp4(&w, n, k).map_err(s)?;
-        (q.weight, ScaleData::Bytes(q.scale), None)
-    } else if e2m1 && st == ScaleType::E4m3 && f.group == 16 && f.tensor_scale {
-        let w: Vec<f32> = (0..n * k).map(|_| (rng.normal() * 0.02) as f32).collect();
-        let q = quantize::quantize_nvfp4(&w, n, k).map_err(s)?;
-        (q.weight, ScaleData::Bytes(q.scale), Some(q.tensor_scale))
+/// Random (`adversarial = false`) or adversarial inputs: the runtime's shared generator.
+fn inputs(m: &Manifest, rows: u32, seed: u64, adversarial: bool) -> Res<HostInputs> {
+    if adversarial {
+        adversarial_inputs(m, rows, seed).map_err(s)
     } else {
-        let mut value = || 2f64.powi((rng.next_u64() % 8) as i32 - 6) * (1.0 + rng.unit());
-        let scales = match st {
-            ScaleType::E8m0 => ScaleData::Bytes(
-                (0..groups)
-                    .map(|_| (121 + value().log2() as i32) as u8)
-                    .collect(),
-            ),
-            ScaleType::E4m3 => {
-                ScaleData::Bytes((0..groups).map(|_| e4m3fn_encode(value() as f32)).collect())
-            }
-            ScaleType::F16 => {
-                ScaleData::F16((0..groups).map(|_| bits_of(value(), DType::F16)).collect())
-            }
-            ScaleType::Bf16 => {
-                ScaleData::Bf16((0..groups).map(|_| bits_of(value(), DType::Bf16)).collect())
-            }
-            ScaleType::F32 => ScaleData::F32((0..groups).map(|_| value() as f32).collect()),
-        };
-        let weight = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
-        (weight, scales, f.tensor_scale.then_some(0.5))
-    };
-    let x = (0..rows as usize * k)
-        .map(|_| bits_of(rng.normal(), xd))
-        .collect();
-    let bias = match &m.shapes.bias_dtype {
-        Some(d) => {
-            let d = dtype(d)?;
-            Some((0..n).map(|_| bits_of(rng.normal(), d)).collect())
-        }
-        None => None,
-    };
-    Ok(Inputs {
-        x,
-        weight,
-        scales,
-        tensor_scale,
-        bias,
-    })
+        random_inputs(m, rows, seed).map_err(s)
+    }
 }
 
 /// Deliberate corruptions for negative controls.
@@ -244,15 +95,14 @@ enum Fault {
 
 struct Prepared {
     words: Vec<u32>,
-    scales: Vec<u16>,
-    scale_elem: &'static str,
+    scales: RepackedScales,
 }
 
-fn prepare(m: &Manifest, inp: &Inputs, fault: Fault) -> Res<Prepared> {
+fn prepare(m: &Manifest, inp: &HostInputs, fault: Fault) -> Res<Prepared> {
     let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
     let mut words =
         repack_weight(&m.weight_layout, &m.format.element, &inp.weight, n, k).map_err(s)?;
-    let rs = repack_scales_for(
+    let mut scales = repack_scales_for(
         &m.weight_layout,
         &m.scale_layout,
         &m.format,
@@ -261,16 +111,12 @@ fn prepare(m: &Manifest, inp: &Inputs, fault: Fault) -> Res<Prepared> {
         k,
     )
     .map_err(s)?;
-    let RepackedScales::Half16 {
-        dtype: sd,
-        bits: mut scales,
-    } = rs
-    else {
+    if !matches!(scales, RepackedScales::Half16 { .. }) {
         return Err(format!(
             "{}: scale layout {} is not an sm_80/sm_90 layout",
             m.kernel, m.scale_layout.id
         ));
-    };
+    }
     match fault {
         Fault::None => {}
         Fault::SwapRows => {
@@ -282,100 +128,43 @@ fn prepare(m: &Manifest, inp: &Inputs, fault: Fault) -> Res<Prepared> {
         }
         Fault::RotateWords => words.iter_mut().for_each(|w| *w = w.rotate_left(4)),
         Fault::ScaleExpPlus1 => {
-            let one = if sd == DType::Bf16 { 0x80 } else { 0x400 };
-            scales
-                .iter_mut()
-                .filter(|b| **b & 0x7FFF != 0)
-                .for_each(|b| *b += one);
+            if let RepackedScales::Half16 { dtype, bits } = &mut scales {
+                let one = if *dtype == DType::Bf16 { 0x80 } else { 0x400 };
+                bits.iter_mut()
+                    .filter(|b| **b & 0x7FFF != 0)
+                    .for_each(|b| *b = b.wrapping_add(one));
+            }
         }
     }
-    Ok(Prepared {
-        words,
-        scales,
-        scale_elem: sd.name(),
-    })
+    Ok(Prepared { words, scales })
 }
 
-/// Device buffers of one (kernel, M).
-struct DevCase {
-    x: DeviceBuffer,
-    w: DeviceBuffer,
-    s: DeviceBuffer,
-    y: DeviceBuffer,
-    bias: Option<DeviceBuffer>,
-    scratch: Option<(DeviceBuffer, DeviceBuffer)>,
-    tensor_scale: Option<f32>,
-    rows: u32,
-}
-
-fn upload(dev: &Device, m: &Manifest, inp: &Inputs, p: &Prepared, rows: u32) -> Res<DevCase> {
-    let xd: &'static str = dtype(&m.shapes.x_dtype)?.name();
-    let yd: &'static str = dtype(&m.shapes.y_dtype)?.name();
-    let n = m.shapes.n as usize;
-    let bias = match (&inp.bias, &m.shapes.bias_dtype) {
-        (Some(b), Some(d)) => Some(dev.upload_u16(b, dtype(d)?.name()).map_err(s)?),
-        _ => None,
-    };
-    let (ws, cs) = m.split_k_bytes(rows);
-    let scratch = if ws > 0 {
-        Some((
-            dev.alloc(ws as usize, "f32").map_err(s)?,
-            dev.upload(&vec![0u8; cs as usize], "i32").map_err(s)?,
-        ))
-    } else {
-        None
-    };
-    Ok(DevCase {
-        x: dev.upload_u16(&inp.x, xd).map_err(s)?,
-        w: dev.upload_u32(&p.words, "u32").map_err(s)?,
-        s: dev.upload_u16(&p.scales, p.scale_elem).map_err(s)?,
-        y: dev
-            .upload(&vec![0u8; rows as usize * n * 2], yd)
-            .map_err(s)?,
-        bias,
-        scratch,
-        tensor_scale: inp.tensor_scale,
-        rows,
-    })
-}
-
-fn launch(kernel: &CudaKernel, stream: &cuda::Stream, c: &DevCase) -> Res<()> {
-    let mut v = vec![
-        (ArgRole::X, ArgValue::Buffer(c.x.as_arg())),
-        (ArgRole::Weight, ArgValue::Buffer(c.w.as_arg())),
-        (ArgRole::Scales, ArgValue::Buffer(c.s.as_arg())),
-        (ArgRole::Y, ArgValue::Buffer(c.y.as_arg())),
-    ];
-    if let Some(b) = &c.bias {
-        v.push((ArgRole::Bias, ArgValue::Buffer(b.as_arg())));
-    }
-    if let Some(t) = c.tensor_scale {
-        v.push((ArgRole::TensorScale, ArgValue::F32(t)));
-    }
-    if let Some((w, cn)) = &c.scratch {
-        v.push((ArgRole::Workspace, ArgValue::Buffer(w.as_arg())));
-        v.push((ArgRole::Counters, ArgValue::Buffer(cn.as_arg())));
-    }
-    kernel.launch(stream, c.rows, &v).map_err(s)
+/// Uploads one (kernel, M) case: the library's [`KernelCase`], shared with `QuantLinear<CudaBackend>` and `nibble`.
+fn upload(dev: &Device, m: &Manifest, inp: &HostInputs, p: &Prepared) -> Res<KernelCase> {
+    KernelCase::upload(
+        dev,
+        m,
+        inp.rows,
+        &inp.x,
+        &p.words,
+        &p.scales,
+        inp.bias.as_ref().map(|(_, b)| b.as_slice()),
+        inp.tensor_scale,
+    )
+    .map_err(s)
 }
 
 /// Runs one case on the GPU and compares with the CPU reference.
-fn run_case(
-    dev: &Device,
-    kernel: &CudaKernel,
-    inp: &Inputs,
-    rows: u32,
-    fault: Fault,
-) -> Res<Comparison> {
+fn run_case(dev: &Device, kernel: &CudaKernel, inp: &HostInputs, fault: Fault) -> Res<Comparison> {
     let m = kernel.manifest();
     let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
     let p = prepare(m, inp, fault)?;
-    let c = upload(dev, m, inp, &p, rows)?;
+    let c = upload(dev, m, inp, &p)?;
     let stream = dev.stream().map_err(s)?;
-    launch(kernel, &stream, &c)?;
+    c.launch(kernel, &stream).map_err(s)?;
     stream.synchronize().map_err(s)?;
-    let y = c.y.read_u16().map_err(s)?;
-    let xd = dtype(&m.shapes.x_dtype)?;
+    let y = c.read_y().map_err(s)?;
+    let xd = inp.x_dtype;
     let w = dequant_weight(
         &m.format,
         &inp.weight,
@@ -387,19 +176,16 @@ fn run_case(
     )
     .map_err(s)?;
     let x: Vec<f32> = inp.x.iter().map(|&b| decode(b, xd)).collect();
-    let bias: Option<Vec<f32>> = match (&inp.bias, &m.shapes.bias_dtype) {
-        (Some(b), Some(d)) => {
-            let d = dtype(d)?;
-            Some(b.iter().map(|&v| decode(v, d)).collect())
-        }
-        _ => None,
-    };
+    let bias: Option<Vec<f32>> = inp
+        .bias
+        .as_ref()
+        .map(|(d, b)| b.iter().map(|&v| decode(v, *d)).collect());
     compare(
         &y,
         dtype(&m.shapes.y_dtype)?,
         &x,
         &w,
-        rows as usize,
+        inp.rows as usize,
         n,
         k,
         inp.tensor_scale,
@@ -499,8 +285,8 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
             .collect();
         for &r in &rows {
             for (what, adv) in [("random", false), ("adversarial", true)] {
-                let res = random_inputs(m, r, 1000 + u64::from(r), adv)
-                    .and_then(|inp| run_case(&dev, &kernel, &inp, r, Fault::None));
+                let res = inputs(m, r, 1000 + u64::from(r), adv)
+                    .and_then(|inp| run_case(&dev, &kernel, &inp, Fault::None));
                 match res {
                     Ok(c) => report(c.passes(), format!("{} M={r} {what}: {c}", m.kernel)),
                     Err(e) => report(false, format!("{} M={r} {what}: {e}", m.kernel)),
@@ -518,8 +304,7 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
             continue;
         };
         for fault in [Fault::SwapRows, Fault::RotateWords, Fault::ScaleExpPlus1] {
-            let res = random_inputs(m, r, 77, false)
-                .and_then(|inp| run_case(&dev, &kernel, &inp, r, fault));
+            let res = inputs(m, r, 77, false).and_then(|inp| run_case(&dev, &kernel, &inp, fault));
             match res {
                 Ok(c) => report(
                     !c.passes(),
@@ -567,16 +352,17 @@ fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&P
             .iter()
             .filter(|&&r| r >= m.shapes.m_min && r <= m.shapes.m_max)
         {
-            let inp = random_inputs(&m, r, 5, false)?;
+            let inp = inputs(&m, r, 5, false)?;
             let pr = prepare(&m, &inp, Fault::None)?;
-            let c = upload(&dev, &m, &inp, &pr, r)?;
+            let c = upload(&dev, &m, &inp, &pr)?;
+            let launch = || c.launch(&kernel, &stream).map_err(s);
             for _ in 0..warmup {
-                launch(&kernel, &stream, &c)?;
+                launch()?;
             }
             // (a) back-to-back: iters launches between two events (warm L2 when the weights fit it).
             e0.record(&stream).map_err(s)?;
             for _ in 0..iters {
-                launch(&kernel, &stream, &c)?;
+                launch()?;
             }
             e1.record(&stream).map_err(s)?;
             e1.synchronize().map_err(s)?;
@@ -587,7 +373,7 @@ fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&P
             for _ in 0..iters {
                 flush.memset(&stream, 0).map_err(s)?;
                 e0.record(&stream).map_err(s)?;
-                launch(&kernel, &stream, &c)?;
+                launch()?;
                 e1.record(&stream).map_err(s)?;
                 e1.synchronize().map_err(s)?;
                 t.push(f64::from(e0.elapsed_ms(&e1).map_err(s)?) * 1000.0);
@@ -595,7 +381,7 @@ fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&P
             let min_us = t.iter().copied().fold(f64::INFINITY, f64::min);
             let med = median(&mut t);
             let bytes =
-                (pr.words.len() * 4 + pr.scales.len() * 2) as u64 + u64::from(r) * (k + n) * 2;
+                (pr.words.len() * 4 + pr.scales.size_bytes()) as u64 + u64::from(r) * (k + n) * 2;
             let nominal = n * k / 2 + n * k / 32;
             let tb = |b: u64, us: f64| b as f64 / (us * 1e-6) / 1e12;
             let tflops = 2.0 * f64::from(r) * (n * k) as f64 / (med * 1e-6) / 1e12;
@@ -632,8 +418,8 @@ fn main() -> ExitCode {
             seed,
         } => open().and_then(|dev| {
             let kernel = load(&dev, &manifest)?;
-            let inp = random_inputs(kernel.manifest(), random, seed, false)?;
-            let c = run_case(&dev, &kernel, &inp, random, Fault::None)?;
+            let inp = inputs(kernel.manifest(), random, seed, false)?;
+            let c = run_case(&dev, &kernel, &inp, Fault::None)?;
             println!("{} M={random}: {c}", kernel.manifest().kernel);
             if c.passes() {
                 Ok(())

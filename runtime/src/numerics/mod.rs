@@ -7,6 +7,7 @@
 
 pub mod compare;
 pub mod fp8;
+pub mod inputs;
 pub mod quantize;
 pub mod reference;
 pub mod repack;
