@@ -27,7 +27,7 @@ step nvidia-smi nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.m
 if [ -x "$NIBBLE_RT" ]; then
     step nibble-rt-info "$NIBBLE_RT" info
     if [ -d out/cuda-check ]; then
-        step nibble-rt-check "$NIBBLE_RT" check out/cuda-check --require-gpu
+        step nibble-rt-check timeout "${CHECK_TIMEOUT:-240}" "$NIBBLE_RT" check out/cuda-check --require-gpu
     else
         echo; echo "=== nibble-rt-check: skipped (no out/cuda-check)"
     fi
@@ -35,9 +35,16 @@ else
     echo; echo "=== $NIBBLE_RT missing or not executable: nibble columns will be empty"
     failed+=("nibble-rt missing")
 fi
+# Real-shape spot checks of benchmark kernels against the CPU reference (split-K decode, long K, prefill).
+for spot in o_d1:16 down_d1:1 qkv_p1:128; do
+    k="${spot%%:*}"; m="${spot##*:}"
+    if [ -f "$MANIFESTS/$k.sm_90.json" ] && [ -x "$NIBBLE_RT" ]; then
+        step "spot-$k-M$m" timeout 120 "$NIBBLE_RT" run "$MANIFESTS/$k.sm_90.json" --random "$m"
+    fi
+done
 [ -d "$MANIFESTS" ] || { echo "=== $MANIFESTS missing: no nibble kernels to time"; failed+=("$MANIFESTS missing"); }
 
-step bench python3 bench/h100.py --nibble-rt "$NIBBLE_RT" --manifests "$MANIFESTS" \
+step bench timeout "${BENCH_TIMEOUT:-420}" python3 bench/h100.py --nibble-rt "$NIBBLE_RT" --manifests "$MANIFESTS" \
     --out "$OUT/bench.md" --json "$OUT/bench.json" "$@"
 
 echo

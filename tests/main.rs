@@ -9,4 +9,5 @@ mod interp;
 mod model;
 mod numerics;
 mod pipeline;
+mod pipeline_nv;
 mod plan;

@@ -321,6 +321,30 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     };
 
     let ring = t.stages.max(1);
+    let zero_f = e.f32c(0.0)?;
+    let acc_count = (p.m_tiles * p.n_tiles * 4) as usize;
+    let mut inits = vec![zero_f; acc_count];
+    // Weights and scales are issued first (their latency overlaps the activation
+    // staging below) and software-pipelined `depth - 1` K iterations ahead in loop-carried registers (depth =
+    // the plan's stages): a short-lived decode block then waits for memory about once instead of once per
+    // iteration, which is what keeps enough bytes in flight to approach the HBM bandwidth.
+    let depth = ring.max(2);
+    let last_kt0 = e.subi(ub, c(1)?)?;
+    let mut nw = 0;
+    let mut nsc = 0;
+    for d in 0..depth - 1 {
+        let kt = e.addi(lb, c(d)?)?;
+        // Iterations past the split's end reload its last one: harmless and in bounds.
+        let kt = e.op1("arith.minui", &[kt, last_kt0], e.index(), &[])?;
+        let w = load_w(e, kt)?;
+        let sc = load_s(e, kt)?;
+        nw = w.len();
+        nsc = sc.len();
+        inits.extend(w);
+        inits.extend(sc);
+    }
+    let per_stage = nw + nsc;
+
     for st in 0..ring.saturating_sub(1).min(p.iters_per_split) {
         let kt = if bz.is_some() {
             e.addi(lb, c(st)?)?
@@ -333,16 +357,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     if ring > 1 {
         e.barrier()?;
     }
-    let zero_f = e.f32c(0.0)?;
-    let acc_count = (p.m_tiles * p.n_tiles * 4) as usize;
-    let mut inits = vec![zero_f; acc_count];
-    // Weights and scales are software-pipelined one K iteration ahead (loop-carried registers): a warp keeps two
-    // iterations of 16-byte loads in flight, which decode kernels need to approach the HBM bandwidth.
-    let w0 = load_w(e, lb)?;
-    let s0 = load_s(e, lb)?;
-    let (nw, nsc) = (w0.len(), s0.len());
-    inits.extend(w0);
-    inits.extend(s0);
 
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
@@ -358,13 +372,14 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let results = e.for_loop(lb, ub, c(1)?, &inits, |l, kt, it| {
         let mut accs = it[..acc_count].to_vec();
         let wcur = it[acc_count..acc_count + nw].to_vec();
-        let scur = it[acc_count + nw..acc_count + nw + nsc].to_vec();
-        // The next iteration's weights (the last iteration reloads its own: harmless and in bounds).
-        let next = l.addi(kt, l.idx(1)?)?;
+        let scur = it[acc_count + nw..acc_count + per_stage].to_vec();
+        let mut carried = it[acc_count + per_stage..].to_vec();
+        // The weights `depth - 1` iterations ahead.
+        let next = l.addi(kt, l.idx(i64::from(depth - 1))?)?;
         let last_kt = l.subi(ub, l.idx(1)?)?;
         let next = l.op1("arith.minui", &[next, last_kt], l.index(), &[])?;
-        let wnext = load_w(&l, next)?;
-        let snext = load_s(&l, next)?;
+        carried.extend(load_w(&l, next)?);
+        carried.extend(load_s(&l, next)?);
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
         let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
         let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
@@ -426,8 +441,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             store_x(&l, base, &v)?;
             l.barrier()?;
         }
-        accs.extend(wnext);
-        accs.extend(snext);
+        accs.extend(carried);
         Ok(accs)
     })?;
 

@@ -1,0 +1,135 @@
+//! The NVIDIA target through the whole pipeline: every example compiles for sm_90 from the same .nib text (only
+//! the target line changed), and the PTX agrees with the plan and the manifest.
+
+use std::collections::BTreeSet;
+
+use nibble_compiler::arch::Arch;
+use nibble_compiler::driver::{compile_kernel, Stage};
+use nibble_compiler::spec::{DType, KernelSpec};
+
+fn check_file(path: &str, src: &str) -> Vec<KernelSpec> {
+    nibble_compiler::dsl::check_source(path, src)
+        .unwrap_or_else(|d| panic!("{path} does not check:\n{}", d.render()))
+        .kernels
+}
+
+/// The examples with `target gfx942, gfx90a` replaced by `target gfx942, sm_90`: nothing else changes.
+fn retargeted_examples() -> Vec<KernelSpec> {
+    let mut files: Vec<_> = std::fs::read_dir("dsl-examples")
+        .expect("dsl-examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "nib"))
+        .collect();
+    files.sort();
+    let mut out = vec![];
+    for f in files {
+        let src = std::fs::read_to_string(&f).expect("readable");
+        let retargeted = src.replace("gfx942, gfx90a", "gfx942, sm_90");
+        assert_ne!(src, retargeted, "{}: no target line found", f.display());
+        // Nothing but the target names differs.
+        assert_eq!(
+            src.replace("gfx90a", "sm_90").replace("sm_90", "X"),
+            retargeted.replace("sm_90", "X")
+        );
+        out.extend(check_file(&f.display().to_string(), &retargeted));
+    }
+    assert!(out.len() >= 12, "expected the example set");
+    out
+}
+
+/// Parameter byte sizes of the PTX entry `symbol`, in order.
+fn ptx_params(ptx: &str, symbol: &str) -> Vec<u32> {
+    let start = ptx
+        .find(&format!(".entry {symbol}("))
+        .unwrap_or_else(|| panic!("no .entry {symbol}"));
+    let body = &ptx[start..];
+    let end = body.find(')').expect("closing parenthesis");
+    body[..end]
+        .lines()
+        .filter(|l| l.contains(".param"))
+        .map(|l| if l.contains(".u64") || l.contains(".b64") { 8 } else { 4 })
+        .collect()
+}
+
+fn shared_bytes(ptx: &str) -> u32 {
+    ptx.lines()
+        .filter(|l| l.trim_start().starts_with(".shared"))
+        .filter_map(|l| {
+            let open = l.rfind('[')?;
+            let close = l.rfind(']')?;
+            l[open + 1..close].parse::<u32>().ok()
+        })
+        .sum()
+}
+
+fn check_ptx(spec: &KernelSpec, arch: Arch) {
+    let emit: BTreeSet<Stage> = BTreeSet::new();
+    let out = compile_kernel(spec, arch, &emit)
+        .unwrap_or_else(|e| panic!("{} for {}: {e}", spec.name, arch.name()));
+    let ptx = String::from_utf8(out.hsaco.clone()).expect("PTX is text");
+    let p = &out.plan;
+    let name = format!("{} {}", spec.name, arch.name());
+    assert!(ptx.contains(&format!(".target {}", arch.name())), "{name}");
+    assert!(ptx.contains(".version 8.0"), "{name}");
+    assert_eq!(out.manifest.code_object, format!("{}.{}.ptx", spec.name, arch.name()));
+    let sizes: Vec<u32> = out.manifest.args.iter().map(|a| a.size).collect();
+    assert_eq!(ptx_params(&ptx, &p.symbol), sizes, "{name}: PTX parameters vs manifest");
+    assert_eq!(shared_bytes(&ptx), p.lds_bytes, "{name}: static shared memory vs plan");
+    assert!(ptx.contains("nibble_source_hash"), "{name}: source hash constant");
+    assert!(ptx.contains(&format!(".maxntid {}, 1, 1", p.threads)), "{name}");
+    let mma = match p.x {
+        DType::Bf16 => "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        DType::F16 => "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+    };
+    // One mma per token atom, weight atom and 16-K step of an iteration (the loop is not unrolled).
+    let mmas = ptx.matches(mma).count() as u32;
+    assert_eq!(mmas, p.m_tiles * p.n_tiles * p.pairs_per_iter, "{name}: mma count");
+    // The scale is applied by packed 16-bit multiplies, four per weight word.
+    let mul = match p.x {
+        DType::Bf16 => "mul.rn.bf16x2",
+        DType::F16 => "mul.rn.f16x2",
+    };
+    assert_eq!(
+        ptx.matches(mul).count() as u32,
+        4 * p.n_tiles * p.pairs_per_iter,
+        "{name}: packed scale multiplies"
+    );
+    // Weights arrive as 16-byte loads.
+    assert!(ptx.matches("ld.global.v4.b32").count() as u32 >= p.n_tiles * p.wchunks_per_iter);
+    assert_eq!(p.weight_layout.id, "nibble.mma_sync_a.v1");
+    assert_eq!(p.scale_layout.dtype.as_deref(), Some(p.x.name()));
+    // Deterministic output.
+    let again = compile_kernel(spec, arch, &emit).expect("recompiles");
+    assert!(again.hsaco == out.hsaco, "{name}: recompilation differs");
+}
+
+#[test]
+fn every_example_compiles_for_sm_90_from_the_same_source() {
+    for spec in retargeted_examples() {
+        assert!(spec.targets.contains(&Arch::Sm90));
+        check_ptx(&spec, Arch::Sm90);
+    }
+}
+
+#[test]
+fn gpu_matrix_and_benchmark_kernels_compile_for_sm_90() {
+    for path in ["tests/gpu/matrix.nib", "bench/kernels/decode.nib", "bench/kernels/prefill.nib"] {
+        let src = std::fs::read_to_string(path).expect("readable");
+        let kernels = check_file(path, &src);
+        assert!(!kernels.is_empty());
+        // The benchmark files name gfx942 too: they are the same text for both vendors.
+        for spec in kernels.iter().step_by(if path.starts_with("bench") { 4 } else { 1 }) {
+            check_ptx(spec, Arch::Sm90);
+        }
+    }
+}
+
+#[test]
+fn nvidia_plans_reject_what_they_cannot_apply_exactly() {
+    let src = "format f32s { element e2m1; scale f32 per 32 }\n\
+               kernel k { target sm_90; x bf16[M, 1024]; w f32s[256, 1024]; y bf16[M, 256]; \
+               tile m=16 n=64 k=256; waves m=1 n=4; mma 16x16x16; stages 2 }";
+    let kernels = check_file("f32s.nib", src);
+    let err = nibble_compiler::plan::plan(&kernels[0], Arch::Sm90).expect_err("f32 scales rejected");
+    assert!(err.to_string().contains("cannot be applied exactly"), "{err}");
+}
