@@ -602,8 +602,8 @@ def method_text(args) -> str:
             f"{args.warmup} warmup, median of {args.iters}. Triton: best of the listed block configs "
             f"({args.tune_iters} timed iterations each while tuning), each config's output checked against the "
             f"bf16 result (relative Frobenius error <= {args.rel_tol}) before it is timed. nibble: `nibble-rt "
-            f"bench`'s median_us (its own CUDA events; as written it also zeroes 256 MB before each launch and "
-            f"times the launch only), run in a subprocess on the same GPU just before the torch "
+            f"bench`'s median_us (its own CUDA events; it reads a 256 MB buffer before each launch, like the "
+            f"flush above, and times the launch only), run in a subprocess on the same GPU just before the torch "
             f"timings of the same shape; with several kernels for one (N, K, M), the fastest. Roofline: "
             f"(N*K/2 + N*K/32 + 2*M*K + 2*M*N) bytes at the measured copy bandwidth. nibble % of copy BW: "
             f"(N*K/2 + N*K/32) bytes / nibble time / copy bandwidth.")
