@@ -3,7 +3,6 @@
 //! for every code at every fragment position and every scale the layout accepts, against a table reference built
 //! from the manifest's layout contract (not from the compiler's helpers).
 
-use melior::ir::operation::OperationLike;
 use nibble_compiler::arch::Arch;
 use nibble_compiler::dequant;
 use nibble_compiler::interp::{self, ElemType, Scalar};

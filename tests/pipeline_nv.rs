@@ -47,7 +47,13 @@ fn ptx_params(ptx: &str, symbol: &str) -> Vec<u32> {
     body[..end]
         .lines()
         .filter(|l| l.contains(".param"))
-        .map(|l| if l.contains(".u64") || l.contains(".b64") { 8 } else { 4 })
+        .map(|l| {
+            if l.contains(".u64") || l.contains(".b64") {
+                8
+            } else {
+                4
+            }
+        })
         .collect()
 }
 
@@ -71,19 +77,40 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
     let name = format!("{} {}", spec.name, arch.name());
     assert!(ptx.contains(&format!(".target {}", arch.name())), "{name}");
     assert!(ptx.contains(".version 8.0"), "{name}");
-    assert_eq!(out.manifest.code_object, format!("{}.{}.ptx", spec.name, arch.name()));
+    assert_eq!(
+        out.manifest.code_object,
+        format!("{}.{}.ptx", spec.name, arch.name())
+    );
     let sizes: Vec<u32> = out.manifest.args.iter().map(|a| a.size).collect();
-    assert_eq!(ptx_params(&ptx, &p.symbol), sizes, "{name}: PTX parameters vs manifest");
-    assert_eq!(shared_bytes(&ptx), p.lds_bytes, "{name}: static shared memory vs plan");
-    assert!(ptx.contains("nibble_source_hash"), "{name}: source hash constant");
-    assert!(ptx.contains(&format!(".maxntid {}, 1, 1", p.threads)), "{name}");
+    assert_eq!(
+        ptx_params(&ptx, &p.symbol),
+        sizes,
+        "{name}: PTX parameters vs manifest"
+    );
+    assert_eq!(
+        shared_bytes(&ptx),
+        p.lds_bytes,
+        "{name}: static shared memory vs plan"
+    );
+    assert!(
+        ptx.contains("nibble_source_hash"),
+        "{name}: source hash constant"
+    );
+    assert!(
+        ptx.contains(&format!(".maxntid {}, 1, 1", p.threads)),
+        "{name}"
+    );
     let mma = match p.x {
         DType::Bf16 => "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
         DType::F16 => "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
     };
     // One mma per token atom, weight atom and 16-K step of an iteration (the loop is not unrolled).
     let mmas = ptx.matches(mma).count() as u32;
-    assert_eq!(mmas, p.m_tiles * p.n_tiles * p.pairs_per_iter, "{name}: mma count");
+    assert_eq!(
+        mmas,
+        p.m_tiles * p.n_tiles * p.pairs_per_iter,
+        "{name}: mma count"
+    );
     // The scale is applied by packed 16-bit multiplies, four per weight word.
     let mul = match p.x {
         DType::Bf16 => "mul.rn.bf16x2",
@@ -113,12 +140,19 @@ fn every_example_compiles_for_sm_90_from_the_same_source() {
 
 #[test]
 fn gpu_matrix_and_benchmark_kernels_compile_for_sm_90() {
-    for path in ["tests/gpu/matrix.nib", "bench/kernels/decode.nib", "bench/kernels/prefill.nib"] {
+    for path in [
+        "tests/gpu/matrix.nib",
+        "bench/kernels/decode.nib",
+        "bench/kernels/prefill.nib",
+    ] {
         let src = std::fs::read_to_string(path).expect("readable");
         let kernels = check_file(path, &src);
         assert!(!kernels.is_empty());
         // The benchmark files name gfx942 too: they are the same text for both vendors.
-        for spec in kernels.iter().step_by(if path.starts_with("bench") { 4 } else { 1 }) {
+        for spec in kernels
+            .iter()
+            .step_by(if path.starts_with("bench") { 4 } else { 1 })
+        {
             check_ptx(spec, Arch::Sm90);
         }
     }
@@ -130,6 +164,10 @@ fn nvidia_plans_reject_what_they_cannot_apply_exactly() {
                kernel k { target sm_90; x bf16[M, 1024]; w f32s[256, 1024]; y bf16[M, 256]; \
                tile m=16 n=64 k=256; waves m=1 n=4; mma 16x16x16; stages 2 }";
     let kernels = check_file("f32s.nib", src);
-    let err = nibble_compiler::plan::plan(&kernels[0], Arch::Sm90).expect_err("f32 scales rejected");
-    assert!(err.to_string().contains("cannot be applied exactly"), "{err}");
+    let err =
+        nibble_compiler::plan::plan(&kernels[0], Arch::Sm90).expect_err("f32 scales rejected");
+    assert!(
+        err.to_string().contains("cannot be applied exactly"),
+        "{err}"
+    );
 }
