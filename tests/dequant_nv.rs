@@ -262,3 +262,20 @@ fn broken_fragment_recipes_are_detected() {
         "scale off by one binade undetected"
     );
 }
+
+/// The fragment route as the pass emits it, for review: shifts, masks and ORs per register, one packed multiply each.
+#[test]
+fn fragment_route_ir_snapshot() {
+    let p = nv_plan((2, 1, 1), ScaleType::E8m0, 32, DType::Bf16);
+    let mut module = dequant::build_probe(&p).expect("builds");
+    dequant::run(&module, &p).expect("pass");
+    nibble_compiler::codegen::run_pipeline(
+        &mut module,
+        "builtin.module(func.func(canonicalize,cse))",
+    )
+    .expect("cleanup");
+    insta::assert_snapshot!(
+        "dequant_nv__mxfp4_bf16_probe",
+        module.as_operation().to_string()
+    );
+}

@@ -36,7 +36,7 @@ pub struct ArchInfo {
     pub max_waves_per_simd: u32,
     pub cus: u32,
     pub mfma_atoms: &'static [MmaAtom],
-    /// Cycles of one MFMA per atom (16x16x16, 32x32x8).
+    /// Cycles of one MFMA per atom (16x16x16, 32x32x8); on NVIDIA, of one m16n8k16 `mma.sync` (assumed).
     pub mfma_cycles: [u32; 2],
     pub hbm_tb_s: f64,
     pub bf16_tflops: f64,
@@ -96,7 +96,7 @@ pub const ARCHES: &[ArchInfo] = &[
         max_waves_per_simd: 16,
         cus: 108,
         mfma_atoms: ATOMS,
-        mfma_cycles: [16, 32],
+        mfma_cycles: [16, 16],
         hbm_tb_s: 2.0,
         bf16_tflops: 312.0,
         clock_ghz: 1.41,
@@ -113,7 +113,7 @@ pub const ARCHES: &[ArchInfo] = &[
         max_waves_per_simd: 16,
         cus: 132,
         mfma_atoms: ATOMS,
-        mfma_cycles: [16, 32],
+        mfma_cycles: [8, 8],
         hbm_tb_s: 3.35,
         bf16_tflops: 990.0,
         clock_ghz: 1.83,

@@ -121,16 +121,23 @@ pub fn predict(
     let memory_us = bytes / (info.hbm_tb_s * 1e12 * fraction) * 1e6;
 
     let valu_per_element = measured.map_or_else(|| estimated_valu_per_element(&p), |(v, _)| v);
-    // Per wave and K step of the whole problem: wave_n * K weight elements over 64 lanes; a wave64 VALU op issues in
-    // 4 cycles on a 16-wide SIMD.
+    // Per wave and K step of the whole problem: wave_n * K weight elements over the wave's lanes; a wave64 VALU op
+    // issues in 4 cycles on a 16-wide SIMD, a warp's integer op in 2 on an SM sub-partition.
     let k_per_wg = k / f64::from(p.split_k);
-    let valu_cycles_per_wave = valu_per_element * f64::from(p.wave_n) * k_per_wg / 64.0 * 4.0;
-    let atom_cycles = f64::from(match t.mma {
-        MmaAtom::M16N16K16 => info.mfma_cycles[0],
-        MmaAtom::M32N32K8 => info.mfma_cycles[1],
-    });
-    let mfma_cycles_per_wave =
-        f64::from(p.m_tiles * p.n_tiles) * (k_per_wg / f64::from(t.mma.k())) * atom_cycles;
+    let lanes = f64::from(info.wave_size);
+    let valu_cycles_per_wave =
+        valu_per_element * f64::from(p.wave_n) * k_per_wg / lanes * info.valu_issue_cycles;
+    // NVIDIA plans count m16n8k16 `mma.sync` tiles (`mfma_cycles[0]` each) over 16-K steps whatever the DSL atom.
+    let (atom_cycles, atom_k) = if p.fragment.is_some() {
+        (f64::from(info.mfma_cycles[0]), f64::from(plan::NV_ATOM_K))
+    } else {
+        let c = match t.mma {
+            MmaAtom::M16N16K16 => info.mfma_cycles[0],
+            MmaAtom::M32N32K8 => info.mfma_cycles[1],
+        };
+        (f64::from(c), f64::from(t.mma.k()))
+    };
+    let mfma_cycles_per_wave = f64::from(p.m_tiles * p.n_tiles) * (k_per_wg / atom_k) * atom_cycles;
     let waves = workgroups as f64 * f64::from(waves_per_wg);
     let simds = f64::from(info.cus) * 4.0;
     // Wave quantization: a round occupies every SIMD for as long as its busiest SIMD.
@@ -162,6 +169,12 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
             for tile_n in [32u32, 64, 128, 256] {
                 for tile_k in [128u32, 256] {
                     for (waves_m, waves_n) in [(1u32, 1u32), (1, 2), (1, 4), (2, 2), (4, 1)] {
+                        // Measured on the H100 (docs/PERFORMANCE.md): NVIDIA blocks under 4 warps were about 30%
+                        // slower at decode sizes than 4-warp blocks of the same per-warp tile, which this model
+                        // does not see (it has no per-block latency term).
+                        if arch.is_nvidia() && waves_m * waves_n < 4 {
+                            continue;
+                        }
                         if !spec.n.is_multiple_of(tile_n)
                             || !spec.k.is_multiple_of(tile_k)
                             || !tile_m.is_multiple_of(waves_m * mma.m())
