@@ -4,6 +4,7 @@ mod cli_run;
 mod dequant;
 mod dequant_nv;
 mod dsl;
+mod fixtures;
 mod inspect;
 mod interp;
 mod model;
