@@ -99,20 +99,35 @@ fn source_hash_global<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrErr
     Ok(())
 }
 
-struct Args<'c, 'b> {
-    x: Value<'c, 'b>,
-    w: Value<'c, 'b>,
-    s: Value<'c, 'b>,
-    bias: Option<Value<'c, 'b>>,
-    y: Value<'c, 'b>,
+/// The kernel's arguments inside its body, in manifest order.
+pub(crate) struct Args<'c, 'b> {
+    pub x: Value<'c, 'b>,
+    pub w: Value<'c, 'b>,
+    pub s: Value<'c, 'b>,
+    pub bias: Option<Value<'c, 'b>>,
+    pub y: Value<'c, 'b>,
     /// Split-K partial sums and per-tile arrival counters (only when `split_k > 1`).
-    split: Option<(Value<'c, 'b>, Value<'c, 'b>)>,
-    m: Value<'c, 'b>,
-    ts: Option<Value<'c, 'b>>,
-    lds: Value<'c, 'b>,
+    pub split: Option<(Value<'c, 'b>, Value<'c, 'b>)>,
+    pub m: Value<'c, 'b>,
+    pub ts: Option<Value<'c, 'b>>,
+    pub lds: Value<'c, 'b>,
 }
 
-fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+/// Builds `gpu.func @<symbol>` with the plan's arguments (x, w, scales of `scale_elem` x `scale_len`, bias, y,
+/// split-K workspace and counters, m, tensor scale, then the workgroup buffer of `lds_elems` activation elements)
+/// and lets `body` fill its entry block. Shared by the AMD and NVIDIA builders, so the signature the manifest
+/// describes is built in one place.
+pub(crate) fn build_gpu_func<'c, 'b, F>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    scale_elem: Type<'c>,
+    scale_len: u64,
+    lds_elems: u64,
+    body: F,
+) -> Result<(), IrError>
+where
+    F: FnOnce(&Emitter<'c, 'b>, &Args<'c, 'b>) -> Result<(), IrError>,
+{
     let ctx = e.ctx;
     let xt = dtype(e, p.x);
     let yt = dtype(e, p.y);
@@ -126,7 +141,7 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
     let mut inputs = vec![
         memref(xt, m_max * k),
         memref(i32t, n * k / 8),
-        memref(f32t, n * k / u64::from(p.format.group)),
+        memref(scale_elem, scale_len),
     ];
     if let Some(b) = p.bias {
         inputs.push(memref(dtype(e, b), n));
@@ -145,28 +160,20 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         inputs.push(f32t);
     }
     let lds_space = e.attr("#gpu.address_space<workgroup>")?;
-    let lds_ty: Type = MemRefType::new(
-        xt,
-        &[i64::from(p.tiling.stages * p.lds_stage_elems)],
-        None,
-        Some(lds_space),
-    )
-    .into();
+    let lds_ty: Type = MemRefType::new(xt, &[lds_elems as i64], None, Some(lds_space)).into();
     let mut block_args: Vec<(Type, Location)> = inputs.iter().map(|t| (*t, e.loc)).collect();
     block_args.push((lds_ty, e.loc));
     let region = Region::new();
     let entry = ir::emit::detach(region.append_block(Block::new(&block_args)));
-    let arg = |i: usize| -> Result<Value<'c, 'b>, IrError> {
+    let mut it = (0..block_args.len()).map(|i| {
         entry
             .argument(i)
             .map(Value::from)
             .map_err(|err| ir::emit::build_err("gpu.func", err))
-    };
-    let mut i = 0;
-    let mut next = || -> Result<Value<'c, 'b>, IrError> {
-        let v = arg(i);
-        i += 1;
-        v
+    });
+    let mut next = || {
+        it.next()
+            .unwrap_or_else(|| Err(ir::emit::build_err("gpu.func", "missing argument")))
     };
     let x = next()?;
     let w = next()?;
@@ -200,7 +207,7 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         ts,
         lds,
     };
-    body(&e.at(entry), p, &args)?;
+    body(&e.at(entry), &args)?;
 
     let i64t = e.int(64);
     let func = OperationBuilder::new("gpu.func", e.loc)
@@ -222,6 +229,17 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         .map_err(|err| ir::emit::build_err("gpu.func", err))?;
     e.append(func);
     Ok(())
+}
+
+fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+    build_gpu_func(
+        e,
+        p,
+        e.f32(),
+        u64::from(p.n) * u64::from(p.k / p.format.group),
+        u64::from(p.tiling.stages * p.lds_stage_elems),
+        |e, a| body(e, p, a),
+    )
 }
 
 /// Per-thread constants of the activation staging: which 16-byte vectors of the x tile this thread moves.
@@ -530,107 +548,19 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.store(o, yb, idx)
     };
     match (a.split, bz) {
-        (Some((ws, counters)), Some(bz)) => {
-            // Split-K: every workgroup stores its partial sums; the last one to arrive at the tile (an atomic
-            // counter) adds the partials of all splits in split order, so the result does not depend on which
-            // workgroup came last, applies the epilogue and resets the counter for the next launch.
-            // Rows of one split's partials: M rounded up to whole tiles (grid y * tile_m, from the M argument).
-            let mpad = e.addi(m_idx, c(t.tile_m - 1)?)?;
-            let mpad = e.divui(mpad, c(t.tile_m)?)?;
-            let mpad = e.muli(mpad, c(t.tile_m)?)?;
-            let ws_index = |e: &Emitter<'c, 'b>,
-                            split: Value<'c, 'b>,
-                            row: Value<'c, 'b>,
-                            col: Value<'c, 'b>| {
-                let r = e.muli(split, mpad)?;
-                let r = e.addi(r, row)?;
-                let r = e.muli(r, c(p.n)?)?;
-                e.addi(r, col)
-            };
-            for (row, col, v, _) in &outputs {
-                let idx = ws_index(e, bz, *row, *col)?;
-                e.store(*v, ws, idx)?;
-            }
-            e.barrier()?;
-            let fence = |e: &Emitter<'c, 'b>, ordering: i64| -> Result<(), IrError> {
-                e.op(
-                    "llvm.fence",
-                    &[],
-                    &[],
-                    &[
-                        ("ordering", IntegerAttribute::new(i64t, ordering).into()),
-                        ("syncscope", e.string("agent")),
-                    ],
-                )?;
-                Ok(())
-            };
-            // Release: this workgroup's partials are visible device-wide before its arrival is counted.
-            fence(e, 5)?;
-            let gx = c(p.n / t.tile_n)?;
-            let tile = e.muli(by, gx)?;
-            let tile = e.addi(tile, bx)?;
-            let zero = c(0)?;
-            let is_t0 = e.cmpi(Cmp::Eq, tid, zero)?;
-            let one_x = e.op1(
-                "arith.constant",
-                &[],
-                xt,
-                &[(
-                    "value",
-                    melior::ir::attribute::FloatAttribute::new(e.ctx, xt, 1.0).into(),
-                )],
+        (Some(split), Some(bz)) => {
+            let ids = BlockIds { tid, bx, by, bz };
+            split_k_epilogue(
+                e,
+                p,
+                a,
+                split,
+                ids,
+                m_idx,
+                &outputs,
+                &finish,
+                SplitKRows::All,
             )?;
-            let zero_x = e.op1(
-                "arith.constant",
-                &[],
-                xt,
-                &[(
-                    "value",
-                    melior::ir::attribute::FloatAttribute::new(e.ctx, xt, 0.0).into(),
-                )],
-            )?;
-            e.if_then(is_t0, |e| {
-                let one = e.i32c(1)?;
-                let old = e.op1(
-                    "memref.atomic_rmw",
-                    &[one, counters, tile],
-                    i32t,
-                    &[("kind", IntegerAttribute::new(i64t, 1).into())],
-                )?;
-                let last = e.i32c(i64::from(p.split_k - 1))?;
-                let is_last = e.cmpi(Cmp::Eq, old, last)?;
-                let flag = e.select(is_last, one_x, zero_x)?;
-                e.store(flag, a.lds, zero)
-            })?;
-            e.barrier()?;
-            let flag = e.load(a.lds, zero, xt)?;
-            let i16t = e.int(16);
-            let bits = e.bitcast(flag, i16t)?;
-            let zero16 = e.const_int(0, i16t)?;
-            let is_last = e.cmpi(Cmp::Ne, bits, zero16)?;
-            e.if_then(is_last, |e| {
-                // Acquire: the other workgroups' partials are visible from here on.
-                fence(&e, 4)?;
-                for (row, col, _, bias) in &outputs {
-                    let mut sum = None;
-                    for sp in 0..p.split_k {
-                        let idx = ws_index(&e, c(sp)?, *row, *col)?;
-                        let part = e.load(ws, idx, f32t)?;
-                        sum = Some(match sum {
-                            None => part,
-                            Some(acc) => e.addf(acc, part)?,
-                        });
-                    }
-                    if let Some(v) = sum {
-                        finish(&e, *row, *col, v, *bias)?;
-                    }
-                }
-                let zero_i = e.i32c(0)?;
-                // A fresh comparison: an i1 carried into another branch's block trips AMDGPU's control-flow
-                // annotation.
-                let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
-                e.if_then(first, |e| e.store(zero_i, counters, tile))
-            })?;
         }
         _ => {
             for (row, col, v, bias) in &outputs {
@@ -640,4 +570,175 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     }
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
+}
+
+/// Thread and workgroup ids the split-K epilogue needs.
+pub(crate) struct BlockIds<'c, 'b> {
+    pub tid: Value<'c, 'b>,
+    pub bx: Value<'c, 'b>,
+    pub by: Value<'c, 'b>,
+    pub bz: Value<'c, 'b>,
+}
+
+/// Which output rows the split-K epilogue moves through the workspace.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SplitKRows {
+    /// Every row of the tile (AMD: stores past M land in the workspace's padding rows, reads are in bounds).
+    All,
+    /// Only rows below M (NVIDIA: at decode sizes the padding rows would dominate the workspace traffic).
+    BelowM,
+}
+
+/// One accumulator value of a lane: (row, column, value, the column's bias).
+pub(crate) type Output<'c, 'b> = (
+    Value<'c, 'b>,
+    Value<'c, 'b>,
+    Value<'c, 'b>,
+    Option<Value<'c, 'b>>,
+);
+
+/// Split-K: every workgroup stores its partial sums; the last one to arrive at the tile (an atomic counter) adds
+/// the partials of all splits in split order, so the result does not depend on which workgroup came last, applies
+/// the epilogue (`finish`) and resets the counter for the next launch. Release and acquire fences at device scope
+/// order the partials around the counter (`agent` on AMD, `device` on NVIDIA).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn split_k_epilogue<'c, 'b, F>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    a: &Args<'c, 'b>,
+    (ws, counters): (Value<'c, 'b>, Value<'c, 'b>),
+    ids: BlockIds<'c, 'b>,
+    m_idx: Value<'c, 'b>,
+    outputs: &[Output<'c, 'b>],
+    finish: &F,
+    rows: SplitKRows,
+) -> Result<(), IrError>
+where
+    F: Fn(
+        &Emitter<'c, 'b>,
+        Value<'c, 'b>,
+        Value<'c, 'b>,
+        Value<'c, 'b>,
+        Option<Value<'c, 'b>>,
+    ) -> Result<(), IrError>,
+{
+    let t = &p.tiling;
+    let xt = dtype(e, p.x);
+    let i32t = e.int(32);
+    let i64t = e.int(64);
+    let f32t = e.f32();
+    let c = |v: u32| e.idx(i64::from(v));
+    let BlockIds { tid, bx, by, bz } = ids;
+    // Rows of one split's partials: M rounded up to whole tiles (grid y * tile_m, from the M argument).
+    let mpad = e.addi(m_idx, c(t.tile_m - 1)?)?;
+    let mpad = e.divui(mpad, c(t.tile_m)?)?;
+    let mpad = e.muli(mpad, c(t.tile_m)?)?;
+    let ws_index =
+        |e: &Emitter<'c, 'b>, split: Value<'c, 'b>, row: Value<'c, 'b>, col: Value<'c, 'b>| {
+            let r = e.muli(split, mpad)?;
+            let r = e.addi(r, row)?;
+            let r = e.muli(r, c(p.n)?)?;
+            e.addi(r, col)
+        };
+    // Runs `f` for the row, under `row < M` when only those rows move.
+    let for_row = |e: &Emitter<'c, 'b>,
+                   row: Value<'c, 'b>,
+                   f: &dyn Fn(&Emitter<'c, 'b>) -> Result<(), IrError>|
+     -> Result<(), IrError> {
+        match rows {
+            SplitKRows::All => f(e),
+            SplitKRows::BelowM => {
+                let in_m = e.cmpi(Cmp::Ult, row, m_idx)?;
+                e.if_then(in_m, |e| f(&e))
+            }
+        }
+    };
+    for (row, col, v, _) in outputs {
+        for_row(e, *row, &|e| {
+            let idx = ws_index(e, bz, *row, *col)?;
+            e.store(*v, ws, idx)
+        })?;
+    }
+    e.barrier()?;
+    let scope = if p.arch.is_nvidia() {
+        "device"
+    } else {
+        "agent"
+    };
+    let fence = |e: &Emitter<'c, 'b>, ordering: i64| -> Result<(), IrError> {
+        e.op(
+            "llvm.fence",
+            &[],
+            &[],
+            &[
+                ("ordering", IntegerAttribute::new(i64t, ordering).into()),
+                ("syncscope", e.string(scope)),
+            ],
+        )?;
+        Ok(())
+    };
+    // Release: this workgroup's partials are visible device-wide before its arrival is counted.
+    fence(e, 5)?;
+    let gx = c(p.n / t.tile_n)?;
+    let tile = e.muli(by, gx)?;
+    let tile = e.addi(tile, bx)?;
+    let zero = c(0)?;
+    let is_t0 = e.cmpi(Cmp::Eq, tid, zero)?;
+    let fconst = |v: f64| {
+        e.op1(
+            "arith.constant",
+            &[],
+            xt,
+            &[(
+                "value",
+                melior::ir::attribute::FloatAttribute::new(e.ctx, xt, v).into(),
+            )],
+        )
+    };
+    let one_x = fconst(1.0)?;
+    let zero_x = fconst(0.0)?;
+    e.if_then(is_t0, |e| {
+        let one = e.i32c(1)?;
+        let old = e.op1(
+            "memref.atomic_rmw",
+            &[one, counters, tile],
+            i32t,
+            &[("kind", IntegerAttribute::new(i64t, 1).into())],
+        )?;
+        let last = e.i32c(i64::from(p.split_k - 1))?;
+        let is_last = e.cmpi(Cmp::Eq, old, last)?;
+        let flag = e.select(is_last, one_x, zero_x)?;
+        e.store(flag, a.lds, zero)
+    })?;
+    e.barrier()?;
+    let flag = e.load(a.lds, zero, xt)?;
+    let i16t = e.int(16);
+    let bits = e.bitcast(flag, i16t)?;
+    let zero16 = e.const_int(0, i16t)?;
+    let is_last = e.cmpi(Cmp::Ne, bits, zero16)?;
+    e.if_then(is_last, |e| {
+        // Acquire: the other workgroups' partials are visible from here on.
+        fence(&e, 4)?;
+        for (row, col, _, bias) in outputs {
+            for_row(&e, *row, &|e| {
+                let mut sum = None;
+                for sp in 0..p.split_k {
+                    let idx = ws_index(e, c(sp)?, *row, *col)?;
+                    let part = e.load(ws, idx, f32t)?;
+                    sum = Some(match sum {
+                        None => part,
+                        Some(acc) => e.addf(acc, part)?,
+                    });
+                }
+                match sum {
+                    Some(v) => finish(e, *row, *col, v, *bias),
+                    None => Ok(()),
+                }
+            })?;
+        }
+        let zero_i = e.i32c(0)?;
+        // A fresh comparison: an i1 carried into another branch's block trips AMDGPU's control-flow annotation.
+        let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
+        e.if_then(first, |e| e.store(zero_i, counters, tile))
+    })
 }

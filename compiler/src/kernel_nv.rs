@@ -7,31 +7,16 @@
 //! M tails: activation rows at or past M are loaded from row M-1 and replaced by zeros, output stores are guarded.
 //! Split-K follows the AMD protocol exactly (workspace layout, counters, split-order reduction).
 
-use melior::ir::{
-    attribute::{DenseI32ArrayAttribute, IntegerAttribute},
-    operation::OperationBuilder,
-    r#type::MemRefType,
-    Block, BlockLike, Location, Region, RegionLike, Type, Value,
-};
+use melior::ir::Value;
 
 use crate::ir::{self, emit::Cmp, Emitter, IrError};
-use crate::kernel::{dtype, DEQUANT_FN};
+use crate::kernel::{
+    build_gpu_func, dtype, split_k_epilogue, Args, BlockIds, SplitKRows, DEQUANT_FN,
+};
 use crate::plan::{self, Plan, NV_ATOM_K, NV_ATOM_ROWS, NV_ATOM_TOKENS, NV_CHUNK_K};
 use crate::spec::DType;
 
 const WARP: u32 = 32;
-
-struct Args<'c, 'b> {
-    x: Value<'c, 'b>,
-    w: Value<'c, 'b>,
-    s: Value<'c, 'b>,
-    bias: Option<Value<'c, 'b>>,
-    y: Value<'c, 'b>,
-    split: Option<(Value<'c, 'b>, Value<'c, 'b>)>,
-    m: Value<'c, 'b>,
-    ts: Option<Value<'c, 'b>>,
-    lds: Value<'c, 'b>,
-}
 
 /// Elements of the repacked scale buffer (`nibble.scales_mma_sync_a.v1`).
 pub fn scale_elements(p: &Plan) -> u64 {
@@ -40,113 +25,14 @@ pub fn scale_elements(p: &Plan) -> u64 {
 }
 
 pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
-    let ctx = e.ctx;
-    let xt = dtype(e, p.x);
-    let yt = dtype(e, p.y);
-    let i32t = e.int(32);
-    let f32t = e.f32();
-    let memref = |elem: Type<'c>, n: u64| -> Type<'c> {
-        MemRefType::new(elem, &[n as i64], None, None).into()
-    };
-    let (n, k) = (u64::from(p.n), u64::from(p.k));
-    let m_max = u64::from(p.m_max);
-    let mut inputs = vec![
-        memref(xt, m_max * k),
-        memref(i32t, n * k / 8),
-        memref(xt, scale_elements(p)),
-    ];
-    if let Some(b) = p.bias {
-        inputs.push(memref(dtype(e, b), n));
-    }
-    inputs.push(memref(yt, m_max * n));
-    if p.split_k > 1 {
-        let m_tiles = m_max.div_ceil(u64::from(p.tiling.tile_m));
-        inputs.push(memref(
-            f32t,
-            u64::from(p.split_k) * m_tiles * u64::from(p.tiling.tile_m) * n,
-        ));
-        inputs.push(memref(i32t, n / u64::from(p.tiling.tile_n) * m_tiles));
-    }
-    inputs.push(i32t);
-    if p.format.tensor_scale {
-        inputs.push(f32t);
-    }
-    let lds_space = e.attr("#gpu.address_space<workgroup>")?;
-    let lds_ty: Type = MemRefType::new(
-        xt,
-        &[i64::from(p.tiling.stages * p.lds_stage_elems)],
-        None,
-        Some(lds_space),
+    build_gpu_func(
+        e,
+        p,
+        dtype(e, p.x),
+        scale_elements(p),
+        u64::from(p.tiling.stages * p.lds_stage_elems),
+        |e, a| body(e, p, a),
     )
-    .into();
-    let mut block_args: Vec<(Type, Location)> = inputs.iter().map(|t| (*t, e.loc)).collect();
-    block_args.push((lds_ty, e.loc));
-    let region = Region::new();
-    let entry = ir::emit::detach(region.append_block(Block::new(&block_args)));
-    let mut it = (0..block_args.len()).map(|i| {
-        entry
-            .argument(i)
-            .map(Value::from)
-            .map_err(|err| ir::emit::build_err("gpu.func", err))
-    });
-    let mut next = || {
-        it.next()
-            .unwrap_or_else(|| Err(ir::emit::build_err("gpu.func", "missing argument")))
-    };
-    let x = next()?;
-    let w = next()?;
-    let s = next()?;
-    let bias = if p.bias.is_some() {
-        Some(next()?)
-    } else {
-        None
-    };
-    let y = next()?;
-    let split = if p.split_k > 1 {
-        Some((next()?, next()?))
-    } else {
-        None
-    };
-    let m = next()?;
-    let ts = if p.format.tensor_scale {
-        Some(next()?)
-    } else {
-        None
-    };
-    let lds = next()?;
-    let args = Args {
-        x,
-        w,
-        s,
-        bias,
-        y,
-        split,
-        m,
-        ts,
-        lds,
-    };
-    body(&e.at(entry), p, &args)?;
-
-    let i64t = e.int(64);
-    let func = OperationBuilder::new("gpu.func", e.loc)
-        .add_attributes(&[
-            (e.ident("function_type"), e.func_type(&inputs, &[])),
-            (e.ident("sym_name"), e.string(&p.symbol)),
-            (e.ident("gpu.kernel"), melior::ir::Attribute::unit(ctx)),
-            (
-                e.ident("known_block_size"),
-                DenseI32ArrayAttribute::new(ctx, &[p.threads as i32, 1, 1]).into(),
-            ),
-            (
-                e.ident("workgroup_attributions"),
-                IntegerAttribute::new(i64t, 1).into(),
-            ),
-        ])
-        .add_regions([region])
-        .build()
-        .map_err(|err| ir::emit::build_err("gpu.func", err))?;
-    e.append(func);
-    Ok(())
 }
 
 fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), IrError> {
@@ -158,7 +44,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let xt = dtype(e, p.x);
     let yt = dtype(e, p.y);
     let i32t = e.int(32);
-    let i64t = e.int(64);
     let f32t = e.f32();
     let c = |v: u32| e.idx(i64::from(v));
     let operand = match p.x {
@@ -500,104 +385,19 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         })
     };
     match (a.split, bz) {
-        (Some((ws, counters)), Some(bz)) => {
-            // The AMD split-K protocol (kernel.rs): partials in split order, last arriver reduces.
-            let mpad = e.addi(m_idx, c(t.tile_m - 1)?)?;
-            let mpad = e.divui(mpad, c(t.tile_m)?)?;
-            let mpad = e.muli(mpad, c(t.tile_m)?)?;
-            let ws_index = |e: &Emitter<'c, 'b>,
-                            split: Value<'c, 'b>,
-                            row: Value<'c, 'b>,
-                            col: Value<'c, 'b>| {
-                let r = e.muli(split, mpad)?;
-                let r = e.addi(r, row)?;
-                let r = e.muli(r, c(p.n)?)?;
-                e.addi(r, col)
-            };
-            // Only rows below M are stored and reduced: at decode sizes the tile's padding rows would otherwise
-            // dominate the workspace traffic.
-            for (row, col, v, _) in &outputs {
-                let in_m = e.cmpi(Cmp::Ult, *row, m_idx)?;
-                e.if_then(in_m, |e| {
-                    let idx = ws_index(&e, bz, *row, *col)?;
-                    e.store(*v, ws, idx)
-                })?;
-            }
-            e.barrier()?;
-            let fence = |e: &Emitter<'c, 'b>, ordering: i64| -> Result<(), IrError> {
-                e.op(
-                    "llvm.fence",
-                    &[],
-                    &[],
-                    &[
-                        ("ordering", IntegerAttribute::new(i64t, ordering).into()),
-                        ("syncscope", e.string("device")),
-                    ],
-                )?;
-                Ok(())
-            };
-            fence(e, 5)?;
-            let gx = c(p.n / t.tile_n)?;
-            let tile = e.muli(by, gx)?;
-            let tile = e.addi(tile, bx)?;
-            let zero = c(0)?;
-            let is_t0 = e.cmpi(Cmp::Eq, tid, zero)?;
-            let fconst = |v: f64| {
-                e.op1(
-                    "arith.constant",
-                    &[],
-                    xt,
-                    &[(
-                        "value",
-                        melior::ir::attribute::FloatAttribute::new(e.ctx, xt, v).into(),
-                    )],
-                )
-            };
-            let one_x = fconst(1.0)?;
-            let zero_xs = fconst(0.0)?;
-            e.if_then(is_t0, |e| {
-                let one = e.i32c(1)?;
-                let old = e.op1(
-                    "memref.atomic_rmw",
-                    &[one, counters, tile],
-                    i32t,
-                    &[("kind", IntegerAttribute::new(i64t, 1).into())],
-                )?;
-                let last = e.i32c(i64::from(p.split_k - 1))?;
-                let is_last = e.cmpi(Cmp::Eq, old, last)?;
-                let flag = e.select(is_last, one_x, zero_xs)?;
-                e.store(flag, a.lds, zero)
-            })?;
-            e.barrier()?;
-            let flag = e.load(a.lds, zero, xt)?;
-            let i16t = e.int(16);
-            let bits = e.bitcast(flag, i16t)?;
-            let zero16 = e.const_int(0, i16t)?;
-            let is_last = e.cmpi(Cmp::Ne, bits, zero16)?;
-            e.if_then(is_last, |e| {
-                fence(&e, 4)?;
-                for (row, col, _, bias) in &outputs {
-                    let in_m = e.cmpi(Cmp::Ult, *row, m_idx)?;
-                    e.if_then(in_m, |e| {
-                        let mut sum = None;
-                        for sp in 0..p.split_k {
-                            let idx = ws_index(&e, c(sp)?, *row, *col)?;
-                            let part = e.load(ws, idx, f32t)?;
-                            sum = Some(match sum {
-                                None => part,
-                                Some(acc) => e.addf(acc, part)?,
-                            });
-                        }
-                        match sum {
-                            Some(v) => finish(&e, *row, *col, v, *bias),
-                            None => Ok(()),
-                        }
-                    })?;
-                }
-                let zero_i = e.i32c(0)?;
-                let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
-                e.if_then(first, |e| e.store(zero_i, counters, tile))
-            })?;
+        (Some(split), Some(bz)) => {
+            let ids = BlockIds { tid, bx, by, bz };
+            split_k_epilogue(
+                e,
+                p,
+                a,
+                split,
+                ids,
+                m_idx,
+                &outputs,
+                &finish,
+                SplitKRows::BelowM,
+            )?;
         }
         _ => {
             for (row, col, v, bias) in &outputs {
