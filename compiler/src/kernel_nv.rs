@@ -138,15 +138,35 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         };
 
     // B fragments: token row g of each 8-token atom, K pair 2*t4 (and +8) of each 16-K step.
+    // B fragments come from shared memory through `ldmatrix.x4`: one instruction yields b0b1 and b2b3 of two token
+    // atoms. Lane t addresses row t % 8 of matrix t / 8: matrices (atom 2p, k 0-7), (2p, k 8-15), (2p+1, k 0-7),
+    // (2p+1, k 8-15); each row is 8 consecutive k (16 bytes, aligned since rows are tile_k + 8 elements apart), and
+    // the 8 rows of a matrix fall on distinct bank quads.
     let mut b_off = vec![];
-    for ms in 0..p.m_tiles {
+    let mat = e.divui(lane, c(8)?)?;
+    let row8 = e.remui(lane, c(8)?)?;
+    let mat_atom = e.divui(mat, c(2)?)?;
+    let mat_k = e.remui(mat, c(2)?)?;
+    for pair in 0..p.m_tiles.div_ceil(2) {
         let r0 = e.muli(wm, c(p.wave_m)?)?;
-        let r = e.addi(r0, c(ms * NV_ATOM_TOKENS)?)?;
-        let r = e.addi(r, g)?;
+        let r = e.addi(r0, c(pair * 2 * NV_ATOM_TOKENS)?)?;
+        let ra = e.muli(mat_atom, c(NV_ATOM_TOKENS)?)?;
+        let r = e.addi(r, ra)?;
+        let r = e.addi(r, row8)?;
         let ro = e.muli(r, c(p.lds_row)?)?;
-        let k2 = e.muli(t4, c(2)?)?;
-        b_off.push(e.addi(ro, k2)?);
+        let k8 = e.muli(mat_k, c(8)?)?;
+        b_off.push(e.addi(ro, k8)?);
     }
+    let lds_base = e.op1(
+        "memref.extract_aligned_pointer_as_index",
+        &[a.lds],
+        e.index(),
+        &[],
+    )?;
+    let ptr3 = melior::ir::Type::parse(e.ctx, "!llvm.ptr<3>")
+        .ok_or_else(|| ir::emit::build_err("nvvm.ldmatrix", "pointer type"))?;
+    let quad = melior::ir::Type::parse(e.ctx, "!llvm.struct<(i32, i32, i32, i32)>")
+        .ok_or_else(|| ir::emit::build_err("nvvm.ldmatrix", "result type"))?;
 
     // Weights: word ((nb * K/64 + chunk) * 32 + lane) * 4 + j; scales: (((nb * K/64 + chunk) * 8 + g) * slots + gl)
     // * 2 + h (see manifest::FragmentBits and the scale layout).
@@ -290,10 +310,43 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             for off in &b_off {
                 let idx = l.addi(sbase, *off)?;
                 let idx = l.addi(idx, l.idx(i64::from(step * NV_ATOM_K))?)?;
-                let lo = l.vload_aligned(a.lds, idx, v2, 4)?;
-                let idx8 = l.addi(idx, l.idx(8)?)?;
-                let hi = l.vload_aligned(a.lds, idx8, v2, 4)?;
-                bfr.push([as_i32(&l, lo)?, as_i32(&l, hi)?]);
+                let bytes = l.muli(idx, l.idx(2)?)?;
+                let addr = l.addi(lds_base, bytes)?;
+                let addr = l.index_cast(addr, i32t)?;
+                let ptr = l.op1("llvm.inttoptr", &[addr], ptr3, &[])?;
+                let m = l.op1(
+                    "nvvm.ldmatrix",
+                    &[ptr],
+                    quad,
+                    &[
+                        ("num", l.attr("4 : i32")?),
+                        ("layout", l.attr("#nvvm.mma_layout<row>")?),
+                        ("shape", l.attr("#nvvm.ld_st_matrix_shape<m = 8, n = 8>")?),
+                        ("eltType", l.attr("#nvvm.ld_st_matrix_elt_type<b16>")?),
+                    ],
+                )?;
+                let mut regs = vec![];
+                for i in 0..4i64 {
+                    let r = l.op1(
+                        "llvm.extractvalue",
+                        &[m],
+                        i32t,
+                        &[(
+                            "position",
+                            melior::ir::attribute::DenseI64ArrayAttribute::new(l.ctx, &[i]).into(),
+                        )],
+                    )?;
+                    regs.push(if p.x == DType::F16 {
+                        let v1 = l.broadcast(r, v1i)?;
+                        l.vbitcast(v1, v2)?
+                    } else {
+                        r
+                    });
+                }
+                bfr.push([regs[0], regs[1]]);
+                if bfr.len() < p.m_tiles as usize {
+                    bfr.push([regs[2], regs[3]]);
+                }
             }
             let chunk = (step / 4) as usize;
             let j = i64::from(step % 4);
