@@ -59,6 +59,12 @@ pub fn estimated_valu_per_element(p: &Plan) -> f64 {
         // 11 logic instructions and 4 packed multiplies (e2m1 into bf16).
         Bf8Convert::Direct => 15.0,
     };
+    // Per-group accumulation drops the 4 packed scale multiplies of a word for 2 packed FMAs per scale group.
+    let per_word = if p.dequant.group_accumulate {
+        per_word - 4.0 + 2.0 * (2.0 * f64::from(p.atom.k())) / f64::from(p.format.group)
+    } else {
+        per_word
+    };
     let rounding = if p.dequant.exact_pack || p.fragment.is_some() {
         0.0
     } else if p.x == DType::Bf16 {

@@ -424,6 +424,13 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.barrier()?;
     }
     let acc_len = u64::from(am * an / 64);
+    let acc_ty = e.vector(acc_len, f32t);
+    // Per-group accumulation's zero temporary and unit dequant scale (only built when used).
+    let group_consts = if p.dequant.group_accumulate {
+        Some((e.splat_f32(acc_len, 0.0)?, e.splat_f32(2, 1.0)?))
+    } else {
+        None
+    };
     let mut inits = vec![];
     for _ in 0..p.m_tiles * p.n_tiles {
         inits.push(e.splat_f32(acc_len, 0.0)?);
@@ -461,6 +468,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             l.barrier()?;
             None
         };
+        // Per-group accumulation: MFMAs of one scale group go to a temporary, flushed into the accumulator with
+        // the group's scale at the group's end (and at the iteration's end, where a longer group simply continues
+        // in the next flush with the same scale).
+        let group_acc = group_consts.is_some();
+        let mut temps: Vec<Option<Value<'c, 'b>>> = vec![None; accs.len()];
         for pair in 0..p.pairs_per_iter {
             let mut a_lo = vec![];
             let mut a_hi = vec![];
@@ -471,18 +483,38 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 a_lo.push(l.shuffle(av, av, &[0, 1, 2, 3], xt)?);
                 a_hi.push(l.shuffle(av, av, &[4, 5, 6, 7], xt)?);
             }
+            let flush = group_acc
+                && (pair + 1 == p.pairs_per_iter || p.scale_slot(pair + 1) != p.scale_slot(pair));
             for ns in 0..p.n_tiles as usize {
                 let wv = wcur[ns * p.wchunks_per_iter as usize + (pair / 4) as usize];
                 let word = l.extract(wv, i64::from(pair % 4), i32t)?;
                 let slot = i64::from(p.scale_slot(pair));
                 let scale = l.shuffle(scur[ns], scur[ns], &[slot, slot], f32t)?;
-                let b = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
+                // With per-group accumulation the elements stay unscaled (the pass folds the multiply by one away).
+                let dq_scale = match group_consts {
+                    Some((_, unit)) => unit,
+                    None => scale,
+                };
+                let b = l.call(DEQUANT_FN, &[word, dq_scale], &[dq_ty])?[0];
                 let b_lo = l.shuffle(b, b, &[0, 1, 2, 3], xt)?;
                 let b_hi = l.shuffle(b, b, &[4, 5, 6, 7], xt)?;
                 for ms in 0..p.m_tiles as usize {
                     let i = ms * p.n_tiles as usize + ns;
-                    let acc = l.mfma(shape, a_lo[ms], b_lo, accs[i])?;
-                    accs[i] = l.mfma(shape, a_hi[ms], b_hi, acc)?;
+                    if let Some((zero_acc, _)) = group_consts {
+                        let t0 = temps[i].unwrap_or(zero_acc);
+                        let t1 = l.mfma(shape, a_lo[ms], b_lo, t0)?;
+                        temps[i] = Some(l.mfma(shape, a_hi[ms], b_hi, t1)?);
+                        if flush {
+                            if let Some(t) = temps[i].take() {
+                                let s1 = l.extract(scale, 0, f32t)?;
+                                let sv = l.broadcast(s1, acc_ty)?;
+                                accs[i] = l.op1("math.fma", &[t, sv, accs[i]], acc_ty, &[])?;
+                            }
+                        }
+                    } else {
+                        let acc = l.mfma(shape, a_lo[ms], b_lo, accs[i])?;
+                        accs[i] = l.mfma(shape, a_hi[ms], b_hi, acc)?;
+                    }
                 }
             }
         }

@@ -91,6 +91,10 @@ pub struct DequantPlan {
     pub operand: DType,
     /// log2 of the factor folded into every repacked scale (16 - element bias).
     pub exp_offset: i32,
+    /// Per-group partial accumulation (AMD): MFMAs multiply the unscaled elements into a temporary accumulator and
+    /// each scale group adds `temporary * scale` to the real one (two packed FMAs per lane and group), instead of a
+    /// packed multiply per two elements. Chosen where that is cheaper and exact (see `plan`).
+    pub group_accumulate: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -242,6 +246,15 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     // f16 has a narrow exponent range, so products may round even when significands fit: always convert properly.
     let exact_pack = spec.x == DType::Bf16 && elem_bits + scale_bits <= operand_bits;
+    // Per-group accumulation pays when a wave has one MFMA tile along M (one accumulator to scale per group) on the
+    // 16x16x16 atom (a word's pair of MFMAs spans 32 K, inside one group of 32 or more). It is exact where the
+    // per-element products are (bf16 activations, e8m0/e4m3 scales): the MFMA then sees the same values, scaled
+    // later by a power of two or a 4-bit significand.
+    let group_accumulate = convert != Bf8Convert::Direct
+        && exact_pack
+        && atom == MmaAtom::M16N16K16
+        && t.tile_m / t.waves_m == atom.m()
+        && fmt.group >= 2 * atom.k();
 
     let waves = t.waves_m * t.waves_n;
     let lanes = arch.info().wave_size;
@@ -375,6 +388,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             exact_pack,
             operand: spec.x,
             exp_offset,
+            group_accumulate,
         },
         weight_layout: match &fragment {
             None => WeightLayout {

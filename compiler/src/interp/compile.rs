@@ -148,6 +148,14 @@ pub(crate) enum Kind {
         t: ElemType,
         n: u32,
     },
+    /// `math.fma` on f32 (one rounding, as the hardware's fused multiply-add).
+    Fma {
+        dst: Slot,
+        a: Slot,
+        b: Slot,
+        c: Slot,
+        n: u32,
+    },
     Negf {
         dst: Slot,
         a: Slot,
@@ -810,6 +818,21 @@ impl<'c, 'a> Compiler<'c, 'a> {
                 a: ops[0],
                 b: ops[1],
                 t,
+                n,
+            });
+        }
+        if name == "math.fma" {
+            arity(3)?;
+            let dst = self.results(op)?[0];
+            let (t, n) = self.float_shape(name, dst)?;
+            if t != ElemType::F32 {
+                return Err(malformed(name, "only f32 fma is supported"));
+            }
+            return Ok(Kind::Fma {
+                dst,
+                a: ops[0],
+                b: ops[1],
+                c: ops[2],
                 n,
             });
         }

@@ -229,6 +229,16 @@ impl<'p, 'b> Machine<'p, 'b> {
                         }
                     }
                 }
+                Kind::Fma { dst, a, b, c, n } => {
+                    for &l in lanes {
+                        let (da, db, dc, dd) = (at(*a, l), at(*b, l), at(*c, l), at(*dst, l));
+                        for i in 0..*n as usize {
+                            let f = |s: usize| f32::from_bits(regs[s + i] as u32);
+                            let r = f(da).mul_add(f(db), f(dc));
+                            regs[dd + i] = u64::from(r.to_bits());
+                        }
+                    }
+                }
                 Kind::Negf { dst, a, t, n } => {
                     let sign = 1u64 << (t.bits() - 1);
                     for &l in lanes {
