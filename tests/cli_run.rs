@@ -915,6 +915,21 @@ fn cuda_device_paths_fail_with_one_line_without_an_nvidia_gpu() {
     assert_error(&tune, "no NVIDIA GPU: ", &y);
     assert!(!Path::new("/nonexistent-tune-out-cuda").exists());
 
+    // An sm_90 kernel on the interpreter (the default device) is refused with the way out, and `inspect` on PTX says
+    // what it reads instead of failing on the ELF header.
+    let interp = nibble(&[
+        OsString::from("run"),
+        mpath.clone().into(),
+        "--random".into(),
+        "2".into(),
+    ]);
+    assert_error(&interp, "use --device cuda", &y);
+    let ptx = mpath.with_extension("ptx");
+    assert!(ptx.exists(), "{}", ptx.display());
+    let inspect = nibble(&[OsString::from("inspect"), ptx.into()]);
+    assert_eq!(inspect.code, 1);
+    assert!(inspect.stderr.contains("is PTX"), "{}", inspect.stderr);
+
     // Input errors are still found first: a wrong-dtype bias fails before the device is looked for.
     let bad = dir.path().join("bad.safetensors");
     let bits = |n: usize| vec![0u16; n];

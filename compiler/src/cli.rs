@@ -762,6 +762,15 @@ fn inspect(
             return 1;
         }
     };
+    if !bytes.starts_with(b"\x7fELF") && bytes.windows(11).any(|w| w == b".target sm_") {
+        let _ = writeln!(
+            stderr,
+            "error: {} is PTX: nibble inspect reads AMDGPU code objects; registers and spills of PTX are decided by \
+             the CUDA driver's JIT at load time (docs/PERFORMANCE.md shows ptxas figures)",
+            file.display()
+        );
+        return 1;
+    }
     // The manifest next to the code object knows how many weight elements a main-loop iteration dequantizes.
     let elements = elements.or_else(|| {
         let text = std::fs::read_to_string(file.with_extension("json")).ok()?;
@@ -1016,6 +1025,14 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
             arch: m.arch.clone(),
         }
         .to_string());
+    }
+    if args.device != "cuda" && nibble_runtime::ptx::parse_sm(&m.arch).is_some() {
+        return Err(format!(
+            "{} is compiled for {}: the interpreter and HIP run AMD (gfx) kernels; use --device cuda on a machine \
+             with an NVIDIA GPU (or nibble-rt there)",
+            args.manifest.display(),
+            m.arch
+        ));
     }
     let dir = args.manifest.parent().unwrap_or(Path::new("."));
     if let Some(output) = args.output {
