@@ -74,6 +74,49 @@ fn shapes_are_grouped_and_every_generated_kernel_compiles() {
     }
 }
 
+/// Mixed vendors: each gets its own decode and prefill kernels (NVIDIA prefill with one warp along M), and every
+/// generated kernel plans for its targets.
+#[test]
+fn nvidia_targets_get_their_own_prefill_tiling() {
+    let layers = vec![("model.layers.0.mlp.down_proj".to_string(), 256, 1024, None)];
+    let shapes = distinct_shapes(&layers);
+    let ks = kernels_for(&shapes[0], "mxfp4", &[Arch::Gfx942, Arch::Sm90]).expect("kernels");
+    let names: Vec<&str> = ks.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "l256x1024_decode",
+            "l256x1024_prefill",
+            "l256x1024_decode_nv",
+            "l256x1024_prefill_nv"
+        ]
+    );
+    for k in &ks {
+        let checked = nibble_compiler::dsl::check_source(&k.name, &k.source)
+            .unwrap_or_else(|d| panic!("{}:\n{}", k.name, d.render()));
+        let spec = &checked.kernels[0];
+        let nv = k.name.ends_with("_nv");
+        assert_eq!(
+            spec.targets,
+            if nv {
+                vec![Arch::Sm90]
+            } else {
+                vec![Arch::Gfx942]
+            }
+        );
+        let p = nibble_compiler::plan::plan(spec, spec.targets[0]).expect("plans");
+        if k.name.contains("prefill") {
+            assert_eq!(
+                (p.tiling.waves_m, p.tiling.tile_m),
+                if nv { (1, 80) } else { (2, 64) }
+            );
+        }
+    }
+    // NVIDIA alone keeps the plain names.
+    let only = kernels_for(&shapes[0], "mxfp4", &[Arch::Sm90]).expect("kernels");
+    assert!(only.iter().all(|k| !k.name.ends_with("_nv")));
+}
+
 #[test]
 fn impossible_shapes_are_explained() {
     let shapes = distinct_shapes(&[("odd".to_string(), 100, 512, None)]);

@@ -64,7 +64,6 @@ pub fn kernels_for(
     let (n, k) = (shape.n, shape.k);
     let tile_k = largest_dividing(k, &[256, 128])
         .ok_or_else(|| format!("K = {k} is not a multiple of 128"))?;
-    let targets: Vec<&str> = targets.iter().map(|a| a.name()).collect();
     let base = format!("l{n}x{k}{}", if shape.bias.is_some() { "_b" } else { "" });
     let tensors = format!(
         "  x      bf16[M, {k}]\n  w      {format}[{n}, {k}]\n  y      bf16[M, {n}]\n{}",
@@ -78,28 +77,59 @@ pub fn kernels_for(
         shape.layers.join(", ")
     );
     let mut out = vec![];
-    // Decode: one 16-row MFMA tile per wave, waves split N (the tilings of the Llama examples, docs/PERFORMANCE.md).
+    // Decode: one 16-row MFMA tile per wave, waves split N (the tilings of the Llama examples, docs/PERFORMANCE.md;
+    // on the H100 too, 16x128 over four warps was the fastest decode tiling measured).
     let dn = largest_dividing(n, &[128, 64, 32])
         .ok_or_else(|| format!("N = {n} is not a multiple of 32"))?;
     let dw = (dn / 32).clamp(1, 4);
-    out.push(GeneratedKernel {
-        name: format!("{base}_decode"),
-        source: format!(
-            "{header}kernel {base}_decode {{\n  target {}\n{tensors}  tile   m=16 n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n}}\n",
-            targets.join(", ")
-        ),
-        m_range: (1, DECODE_MAX_M),
-    });
-    // Prefill: 64-row tiles on the 32x32x8 atom, four waves.
-    if let Some(pn) = largest_dividing(n, &[128, 64]) {
+    // Prefill differs by vendor: AMD takes 64-row tiles on the 32x32x8 atom over a 2x2 wave grid; NVIDIA one warp
+    // along M with 80 tokens each (a 2x2 grid dequantizes every weight word twice: 25% slower on the H100).
+    let amd: Vec<&str> = targets
+        .iter()
+        .filter(|a| !a.is_nvidia())
+        .map(|a| a.name())
+        .collect();
+    let nv: Vec<&str> = targets
+        .iter()
+        .filter(|a| a.is_nvidia())
+        .map(|a| a.name())
+        .collect();
+    for (archs, suffix, nvidia) in [
+        (&amd, "", false),
+        (&nv, if amd.is_empty() { "" } else { "_nv" }, true),
+    ] {
+        if archs.is_empty() {
+            continue;
+        }
+        let targets = archs.join(", ");
+        let decode = format!("{base}_decode{suffix}");
         out.push(GeneratedKernel {
-            name: format!("{base}_prefill"),
+            name: decode.clone(),
             source: format!(
-                "{header}kernel {base}_prefill {{\n  target {}\n{tensors}  tile   m=64 n={pn} k=128\n  waves  m=2 n=2\n  mma    32x32x8\n  stages 2\n}}\n",
-                targets.join(", ")
+                "{header}kernel {decode} {{\n  target {targets}\n{tensors}  tile   m=16 n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n}}\n"
             ),
-            m_range: (DECODE_MAX_M + 1, u32::MAX),
+            m_range: (1, DECODE_MAX_M),
         });
+        let prefill = format!("{base}_prefill{suffix}");
+        let tiling = match (nvidia, largest_dividing(n, &[128, 64])) {
+            (false, Some(pn)) => Some(format!(
+                "  tile   m=64 n={pn} k=128\n  waves  m=2 n=2\n  mma    32x32x8\n  stages 2\n"
+            )),
+            (true, Some(pn)) => Some(format!(
+                "  tile   m=80 n={pn} k=128\n  waves  m=1 n={}\n  mma    16x16x16\n  stages 2\n",
+                pn / 32
+            )),
+            (_, None) => None,
+        };
+        if let Some(tiling) = tiling {
+            out.push(GeneratedKernel {
+                name: prefill.clone(),
+                source: format!(
+                    "{header}kernel {prefill} {{\n  target {targets}\n{tensors}{tiling}}}\n"
+                ),
+                m_range: (DECODE_MAX_M + 1, u32::MAX),
+            });
+        }
     }
     Ok(out)
 }
