@@ -447,27 +447,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let scur = load_s(&l, kt)?;
         // Position in this workgroup's K range (the ring is filled from its first tile).
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
-        let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
-        let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
-        let xnext = if ring > 1 {
-            // The tile `ring - 1` iterations ahead; clamped to the last tile so the window stays inside x
-            // (the clamped loads land in a stage that is never read again).
-            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
-            let last = if bz.is_some() {
-                l.subi(ub, l.idx(1)?)?
-            } else {
-                l.idx(i64::from(p.k_iters - 1))?
-            };
-            let ahead = l.op1("arith.minui", &[ahead, last], l.index(), &[])?;
-            Some(load_x(&l, ahead)?)
-        } else {
-            // One buffer: wait until every wave is done with the previous tile before overwriting it.
-            let v = load_x(&l, kt)?;
-            l.barrier()?;
-            store_x(&l, sbase, &v)?;
-            l.barrier()?;
-            None
-        };
+        let (sbase, xnext) = ring_step(&l, p, kt, rel, ub, bz.is_some(), &load_x, &store_x)?;
         // Per-group accumulation: MFMAs of one scale group go to a temporary, flushed into the accumulator with
         // the group's scale at the group's end (and at the iteration's end, where a longer group simply continues
         // in the next flush with the same scale).
@@ -518,13 +498,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 }
             }
         }
-        if let Some(v) = xnext {
-            let ahead = l.addi(rel, l.idx(i64::from(ring - 1))?)?;
-            let st = l.remui(ahead, l.idx(i64::from(ring))?)?;
-            let base = l.muli(st, l.idx(i64::from(p.lds_stage_elems))?)?;
-            store_x(&l, base, &v)?;
-            l.barrier()?;
-        }
+        ring_store(&l, p, rel, xnext, &store_x)?;
         Ok(accs)
     })?;
 
@@ -579,27 +553,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let idx = e.addi(idx, col)?;
         e.store(o, yb, idx)
     };
-    match (a.split, bz) {
-        (Some(split), Some(bz)) => {
-            let ids = BlockIds { tid, bx, by, bz };
-            split_k_epilogue(
-                e,
-                p,
-                a,
-                split,
-                ids,
-                m_idx,
-                &outputs,
-                &finish,
-                SplitKRows::All,
-            )?;
-        }
-        _ => {
-            for (row, col, v, bias) in &outputs {
-                finish(e, *row, *col, *v, *bias)?;
-            }
-        }
-    }
+    let ids = bz.map(|bz| BlockIds { tid, bx, by, bz });
+    finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::All)?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
 }
@@ -787,4 +742,102 @@ where
         let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
         e.if_then(first, |e| e.store(zero_i, counters, tile))
     })
+}
+
+/// Loads the activation tile of a K iteration into registers (one value per staged vector).
+pub(crate) type LoadX<'f, 'c, 'b> =
+    dyn Fn(&Emitter<'c, 'b>, Value<'c, 'b>) -> Result<Vec<Value<'c, 'b>>, IrError> + 'f;
+/// Stores staged activation vectors into the LDS stage at the given element offset.
+pub(crate) type StoreX<'f, 'c, 'b> =
+    dyn Fn(&Emitter<'c, 'b>, Value<'c, 'b>, &[Value<'c, 'b>]) -> Result<(), IrError> + 'f;
+
+/// The activation ring inside one K iteration: where this iteration's tile sits (`sbase`), and the tile
+/// `ring - 1` iterations ahead loaded into registers (`Some`, stored by `ring_store` after the MMAs) — or, with a
+/// single buffer, the current tile stored right away between two barriers (`None`). `rel` is the iteration's
+/// position in this workgroup's K range; loads past the range are clamped to its last tile (they land in a stage
+/// that is never read again).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn ring_step<'c, 'b>(
+    l: &Emitter<'c, 'b>,
+    p: &Plan,
+    kt: Value<'c, 'b>,
+    rel: Value<'c, 'b>,
+    ub: Value<'c, 'b>,
+    split: bool,
+    load_x: &LoadX<'_, 'c, 'b>,
+    store_x: &StoreX<'_, 'c, 'b>,
+) -> Result<(Value<'c, 'b>, Option<Vec<Value<'c, 'b>>>), IrError> {
+    let ring = p.tiling.stages.max(1);
+    let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
+    let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
+    if ring > 1 {
+        let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+        let last = if split {
+            l.subi(ub, l.idx(1)?)?
+        } else {
+            l.idx(i64::from(p.k_iters - 1))?
+        };
+        let ahead = l.op1("arith.minui", &[ahead, last], l.index(), &[])?;
+        Ok((sbase, Some(load_x(l, ahead)?)))
+    } else {
+        // One buffer: wait until every wave is done with the previous tile before overwriting it.
+        let v = load_x(l, kt)?;
+        l.barrier()?;
+        store_x(l, sbase, &v)?;
+        l.barrier()?;
+        Ok((sbase, None))
+    }
+}
+
+/// Stores the tile `ring_step` loaded ahead into its stage, after this iteration's MMAs.
+pub(crate) fn ring_store<'c, 'b>(
+    l: &Emitter<'c, 'b>,
+    p: &Plan,
+    rel: Value<'c, 'b>,
+    next: Option<Vec<Value<'c, 'b>>>,
+    store_x: &StoreX<'_, 'c, 'b>,
+) -> Result<(), IrError> {
+    let Some(v) = next else {
+        return Ok(());
+    };
+    let ring = p.tiling.stages.max(1);
+    let ahead = l.addi(rel, l.idx(i64::from(ring - 1))?)?;
+    let st = l.remui(ahead, l.idx(i64::from(ring))?)?;
+    let base = l.muli(st, l.idx(i64::from(p.lds_stage_elems))?)?;
+    store_x(l, base, &v)?;
+    l.barrier()
+}
+
+/// The end of both builders: the split-K protocol when the plan splits K, else each output's epilogue directly.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn finish_outputs<'c, 'b, F>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    a: &Args<'c, 'b>,
+    ids: Option<BlockIds<'c, 'b>>,
+    m_idx: Value<'c, 'b>,
+    outputs: &[Output<'c, 'b>],
+    finish: &F,
+    rows: SplitKRows,
+) -> Result<(), IrError>
+where
+    F: Fn(
+        &Emitter<'c, 'b>,
+        Value<'c, 'b>,
+        Value<'c, 'b>,
+        Value<'c, 'b>,
+        Option<Value<'c, 'b>>,
+    ) -> Result<(), IrError>,
+{
+    match (a.split, ids) {
+        (Some(split), Some(ids)) => {
+            split_k_epilogue(e, p, a, split, ids, m_idx, outputs, finish, rows)
+        }
+        _ => {
+            for (row, col, v, bias) in outputs {
+                finish(e, *row, *col, *v, *bias)?;
+            }
+            Ok(())
+        }
+    }
 }

@@ -11,7 +11,8 @@ use melior::ir::Value;
 
 use crate::ir::{self, emit::Cmp, Emitter, IrError};
 use crate::kernel::{
-    build_gpu_func, dtype, split_k_epilogue, Args, BlockIds, SplitKRows, DEQUANT_FN,
+    build_gpu_func, dtype, finish_outputs, ring_step, ring_store, Args, BlockIds, SplitKRows,
+    DEQUANT_FN,
 };
 use crate::plan::{self, Plan, NV_ATOM_K, NV_ATOM_ROWS, NV_ATOM_TOKENS, NV_CHUNK_K};
 use crate::spec::DType;
@@ -286,24 +287,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         carried.extend(load_w(&l, next)?);
         carried.extend(load_s(&l, next)?);
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
-        let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
-        let sbase = l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?;
-        let xnext = if ring > 1 {
-            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
-            let last = if bz.is_some() {
-                l.subi(ub, l.idx(1)?)?
-            } else {
-                l.idx(i64::from(p.k_iters - 1))?
-            };
-            let ahead = l.op1("arith.minui", &[ahead, last], l.index(), &[])?;
-            Some(load_x(&l, ahead)?)
-        } else {
-            let v = load_x(&l, kt)?;
-            l.barrier()?;
-            store_x(&l, sbase, &v)?;
-            l.barrier()?;
-            None
-        };
+        let (sbase, xnext) = ring_step(&l, p, kt, rel, ub, bz.is_some(), &load_x, &store_x)?;
         for step in 0..p.pairs_per_iter {
             // B fragments of this 16-K step for every token atom.
             let mut bfr = vec![];
@@ -372,13 +356,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 }
             }
         }
-        if let Some(v) = xnext {
-            let ahead = l.addi(rel, l.idx(i64::from(ring - 1))?)?;
-            let st = l.remui(ahead, l.idx(i64::from(ring))?)?;
-            let base = l.muli(st, l.idx(i64::from(p.lds_stage_elems))?)?;
-            store_x(&l, base, &v)?;
-            l.barrier()?;
-        }
+        ring_store(&l, p, rel, xnext, &store_x)?;
         accs.extend(carried);
         Ok(accs)
     })?;
@@ -437,27 +415,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             e.store(o, a.y, idx)
         })
     };
-    match (a.split, bz) {
-        (Some(split), Some(bz)) => {
-            let ids = BlockIds { tid, bx, by, bz };
-            split_k_epilogue(
-                e,
-                p,
-                a,
-                split,
-                ids,
-                m_idx,
-                &outputs,
-                &finish,
-                SplitKRows::BelowM,
-            )?;
-        }
-        _ => {
-            for (row, col, v, bias) in &outputs {
-                finish(e, *row, *col, *v, *bias)?;
-            }
-        }
-    }
+    let ids = bz.map(|bz| BlockIds { tid, bx, by, bz });
+    finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::BelowM)?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
 }
