@@ -2,10 +2,12 @@
 //!
 //! The weights are the MMA's A operand (C^T = W x^T): a weight word holds exactly one lane's eight A-fragment
 //! elements of one atom, so the dequant call yields the four operand registers directly, and tokens pad only to 8.
-//! Activations are staged through shared memory with the plan's ring (as on AMD) and read as B fragments; weights
-//! and scales stream from global memory into registers with 16-byte loads, one K iteration at a time.
+//! Activations are staged through shared memory with the plan's ring (as on AMD) and read as B fragments with
+//! `ldmatrix.x4`; weights and scales stream from global memory into registers with 16-byte loads, `stages - 1` K
+//! iterations ahead (loop-carried registers).
 //! M tails: activation rows at or past M are loaded from row M-1 and replaced by zeros, output stores are guarded.
-//! Split-K follows the AMD protocol exactly (workspace layout, counters, split-order reduction).
+//! Split-K follows the AMD protocol (workspace layout, counters, split-order reduction; only rows below M move, and
+//! only thread 0 fences).
 
 use melior::ir::Value;
 
