@@ -69,7 +69,7 @@ pub enum Bf8Convert {
 pub struct FragmentPlan {
     /// Bit of a 16-bit half where the element's three low code bits start (operand mantissa width - element's).
     pub mag_low: u32,
-    /// Per operand register, the `(shift, mask)` pieces whose OR forms it (`fragment_pieces`).
+    /// Per operand register, the `(shift, mask)` pieces whose OR forms it (`nibble_runtime::numerics::repack_mma::fragment_pieces`).
     pub outputs: Vec<Vec<BitPiece>>,
     /// The MMA operand is element * scale * 2^-epilogue_exp (so every scale the layout accepts stays inside the
     /// operand type's range); the epilogue multiplies the accumulators by 2^epilogue_exp.
@@ -454,46 +454,6 @@ pub fn nv_group_slots(group: u32) -> u32 {
     (NV_CHUNK_K / group).max(1)
 }
 
-/// The `(shift, mask)` pieces of the four A-fragment registers, for the magnitude's lowest bit `mag_low` in each
-/// 16-bit half. Found by exhaustive search over shifts (one piece with the whole sign+magnitude mask where a single
-/// shift brings all of a register's bits into place, else a magnitude piece and a sign piece): sign at bit 15 and
-/// a three-bit magnitude cannot tile a 32-bit word under shifts alone, so two registers need two pieces
-/// (11 logic instructions per 8 elements for e2m1 into bf16).
-pub fn fragment_pieces(mag_low: u32) -> Option<Vec<Vec<BitPiece>>> {
-    let mag = (7u32 << mag_low) | (7u32 << (mag_low + 16));
-    let sign = 0x8000_8000u32;
-    let full = mag | sign;
-    let p = |shift: i32, mask: u32| BitPiece { shift, mask };
-    let table = match mag_low {
-        6 => vec![
-            vec![p(0, full)],
-            vec![p(3, full)],
-            vec![p(-3, mag), p(1, sign)],
-            vec![p(6, mag), p(2, sign)],
-        ],
-        5 => vec![
-            vec![p(0, full)],
-            vec![p(4, full)],
-            vec![p(-7, mag), p(11, sign)],
-            vec![p(-3, mag), p(15, sign)],
-        ],
-        9 => vec![
-            vec![p(0, full)],
-            vec![p(3, full)],
-            vec![p(6, mag), p(1, sign)],
-            vec![p(9, mag), p(2, sign)],
-        ],
-        8 => vec![
-            vec![p(0, full)],
-            vec![p(4, full)],
-            vec![p(8, full)],
-            vec![p(-4, mag), p(12, sign)],
-        ],
-        _ => return None,
-    };
-    Some(table)
-}
-
 /// Word bit that feeds output bit `bit` of register `reg`, per the pieces (None if no piece provides it).
 pub fn fragment_source_bit(outputs: &[Vec<BitPiece>], reg: usize, bit: u32) -> Option<u32> {
     let piece = outputs.get(reg)?.iter().find(|p| p.mask >> bit & 1 == 1)?;
@@ -509,15 +469,16 @@ fn fragment_plan(spec: &KernelSpec) -> Result<FragmentPlan, String> {
         DType::F16 => (10, 15, 11),
     };
     let mag_low = operand_man - u32::from(elem.man_bits);
-    let outputs = fragment_pieces(mag_low).ok_or_else(|| {
-        format!(
-            "element {} (e{}m{}) has no {} fragment bit recipe",
-            elem.name,
-            elem.exp_bits,
-            elem.man_bits,
-            spec.x.name()
-        )
-    })?;
+    let outputs =
+        nibble_runtime::numerics::repack_mma::fragment_pieces(mag_low).ok_or_else(|| {
+            format!(
+                "element {} (e{}m{}) has no {} fragment bit recipe",
+                elem.name,
+                elem.exp_bits,
+                elem.man_bits,
+                spec.x.name()
+            )
+        })?;
     // The scale is applied by one packed multiply in the operand type, so it must convert exactly.
     let scale_bits = match spec.format.scale {
         ScaleType::E8m0 => 1,

@@ -48,6 +48,47 @@ pub fn full_mask(mag_shift: u32) -> u32 {
     0x8000_8000 | (7 << mag_shift) | (7 << (mag_shift + 16))
 }
 
+/// The `(shift, mask)` pieces of the four A-fragment registers the compiler emits, for the magnitude's lowest bit
+/// `mag_shift` in each 16-bit half (6 and 5: e2m1 and e1m2 into bf16; 9 and 8: into f16). Found by exhaustive search
+/// over shifts (one piece with the whole sign+magnitude mask where a single shift brings all of a register's bits
+/// into place, else a magnitude piece and a sign piece): sign at bit 15 and a three-bit magnitude cannot tile a
+/// 32-bit word under shifts alone, so two registers need two pieces (11 logic instructions per 8 elements for e2m1
+/// into bf16). Any table that passes [`FragmentCodec::new`] is a valid layout; this is the one nibble uses.
+pub fn fragment_pieces(mag_shift: u32) -> Option<Vec<Vec<BitPiece>>> {
+    let full = full_mask(mag_shift);
+    let sign = 0x8000_8000u32;
+    let mag = full & !sign;
+    let p = |shift: i32, mask: u32| BitPiece { shift, mask };
+    let table = match mag_shift {
+        6 => vec![
+            vec![p(0, full)],
+            vec![p(3, full)],
+            vec![p(-3, mag), p(1, sign)],
+            vec![p(6, mag), p(2, sign)],
+        ],
+        5 => vec![
+            vec![p(0, full)],
+            vec![p(4, full)],
+            vec![p(-7, mag), p(11, sign)],
+            vec![p(-3, mag), p(15, sign)],
+        ],
+        9 => vec![
+            vec![p(0, full)],
+            vec![p(3, full)],
+            vec![p(6, mag), p(1, sign)],
+            vec![p(9, mag), p(2, sign)],
+        ],
+        8 => vec![
+            vec![p(0, full)],
+            vec![p(4, full)],
+            vec![p(8, full)],
+            vec![p(-4, mag), p(12, sign)],
+        ],
+        _ => return None,
+    };
+    Some(table)
+}
+
 /// The validated bit recipe of `nibble.mma_sync_a.v1`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FragmentCodec {

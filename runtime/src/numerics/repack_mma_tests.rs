@@ -18,36 +18,9 @@ fn p(shift: i32, mask: u32) -> BitPiece {
     BitPiece { shift, mask }
 }
 
-/// The piece tables of the brief (the compiler writes the same), for `mag_shift` L.
+/// The piece table nibble uses, for `mag_shift` L (empty where there is none).
 fn pieces(l: u32) -> Vec<Vec<BitPiece>> {
-    let (m, f) = (mag(l), full_mask(l));
-    match l {
-        6 => vec![
-            vec![p(0, f)],
-            vec![p(3, f)],
-            vec![p(-3, m), p(1, SIGN)],
-            vec![p(6, m), p(2, SIGN)],
-        ],
-        5 => vec![
-            vec![p(0, f)],
-            vec![p(4, f)],
-            vec![p(-7, m), p(11, SIGN)],
-            vec![p(-3, m), p(15, SIGN)],
-        ],
-        9 => vec![
-            vec![p(0, f)],
-            vec![p(3, f)],
-            vec![p(6, m), p(1, SIGN)],
-            vec![p(9, m), p(2, SIGN)],
-        ],
-        8 => vec![
-            vec![p(0, f)],
-            vec![p(4, f)],
-            vec![p(8, f)],
-            vec![p(-4, m), p(12, SIGN)],
-        ],
-        _ => vec![],
-    }
+    fragment_pieces(l).unwrap_or_default()
 }
 
 fn e1m2(bias: i32) -> Element {
