@@ -13,7 +13,7 @@
 
 pub mod ffi;
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Arc;
 
 use thiserror::Error;
@@ -564,6 +564,59 @@ unsafe impl Send for CudaKernel {}
 // SAFETY: as above.
 unsafe impl Sync for CudaKernel {}
 
+/// JIT-loads a NUL-terminated PTX image and looks up its entry `symbol`; a JIT failure carries the driver's error
+/// log, attributed to `kernel`.
+fn load_entry(
+    device: &Device,
+    image: &CStr,
+    symbol: &CStr,
+    kernel: &str,
+) -> Result<(ModuleInner, CuFunction), CudaError> {
+    device.bind()?;
+    let api = device.api();
+    let mut log = vec![0u8; 16384];
+    let mut opts: [c_int; 2] = [
+        ffi::JIT_ERROR_LOG_BUFFER,
+        ffi::JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+    ];
+    let mut vals: [*mut c_void; 2] = [log.as_mut_ptr().cast::<c_void>(), log.len() as *mut c_void];
+    let mut module: CuModule = std::ptr::null_mut();
+    // SAFETY: `image` is a NUL-terminated PTX string; the option arrays have 2 entries each; the log buffer is
+    // writable for the size given (passed by value in the pointer, as the JIT options require).
+    let rc = unsafe {
+        (api.cuModuleLoadDataEx)(
+            &mut module,
+            image.as_ptr().cast::<c_void>(),
+            2,
+            opts.as_mut_ptr(),
+            vals.as_mut_ptr(),
+        )
+    };
+    if rc != ffi::CUDA_SUCCESS {
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]).replace('\n', " | ");
+        return Err(CudaError::Jit {
+            kernel: kernel.to_string(),
+            name: error_name(rc),
+            log: if text.trim().is_empty() {
+                "(no log)".into()
+            } else {
+                text
+            },
+        });
+    }
+    let module = ModuleInner {
+        device: device.clone(),
+        raw: module,
+    };
+    let mut function: CuFunction = std::ptr::null_mut();
+    // SAFETY: valid out-pointer, live module, NUL-terminated name.
+    check("cuModuleGetFunction", unsafe {
+        (api.cuModuleGetFunction)(&mut function, module.raw, symbol.as_ptr())
+    })?;
+    Ok((module, function))
+}
+
 impl CudaKernel {
     /// Checks the device's capability against the manifest, the PTX against the manifest
     /// ([`crate::ptx::check_against_manifest`]) and the launch geometry, then JIT-loads the PTX and looks up the
@@ -602,51 +655,10 @@ impl CudaKernel {
         let text = ptx.strip_suffix(&[0]).unwrap_or(ptx);
         let image =
             CString::new(text).map_err(|_| inconsistent("the PTX contains a NUL byte".into()))?;
-        device.bind()?;
-        let api = device.api();
-        let mut log = vec![0u8; 16384];
-        let mut opts: [c_int; 2] = [
-            ffi::JIT_ERROR_LOG_BUFFER,
-            ffi::JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-        ];
-        let mut vals: [*mut c_void; 2] =
-            [log.as_mut_ptr().cast::<c_void>(), log.len() as *mut c_void];
-        let mut module: CuModule = std::ptr::null_mut();
-        // SAFETY: `image` is a NUL-terminated PTX string; the option arrays have 2 entries each; the log buffer is
-        // writable for the size given (passed by value in the pointer, as the JIT options require).
-        let rc = unsafe {
-            (api.cuModuleLoadDataEx)(
-                &mut module,
-                image.as_ptr().cast::<c_void>(),
-                2,
-                opts.as_mut_ptr(),
-                vals.as_mut_ptr(),
-            )
-        };
-        if rc != ffi::CUDA_SUCCESS {
-            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-            let text = String::from_utf8_lossy(&log[..end]).replace('\n', " | ");
-            return Err(LaunchError::Cuda(CudaError::Jit {
-                kernel: manifest.kernel.clone(),
-                name: error_name(rc),
-                log: if text.trim().is_empty() {
-                    "(no log)".into()
-                } else {
-                    text
-                },
-            }));
-        }
-        let module = ModuleInner {
-            device: device.clone(),
-            raw: module,
-        };
         let sym = CString::new(manifest.symbol.as_str())
             .map_err(|_| inconsistent("the symbol contains a NUL byte".into()))?;
-        let mut function: CuFunction = std::ptr::null_mut();
-        // SAFETY: valid out-pointer, live module, NUL-terminated name.
-        check("cuModuleGetFunction", unsafe {
-            (api.cuModuleGetFunction)(&mut function, module.raw, sym.as_ptr())
-        })?;
+        let (module, function) =
+            load_entry(device, &image, &sym, &manifest.kernel).map_err(LaunchError::Cuda)?;
         Ok(CudaKernel {
             manifest: manifest.clone(),
             layout,
@@ -791,28 +803,7 @@ impl L2Flush {
         let sink = device.alloc(4, "u32")?;
         let image = CString::new(L2_FLUSH_PTX)
             .map_err(|_| CudaError::InvalidArgument("flush PTX contains a NUL byte".into()))?;
-        device.bind()?;
-        let api = device.api();
-        let mut module: CuModule = std::ptr::null_mut();
-        // SAFETY: NUL-terminated PTX, valid out-pointer, no JIT options.
-        check("cuModuleLoadDataEx", unsafe {
-            (api.cuModuleLoadDataEx)(
-                &mut module,
-                image.as_ptr().cast::<c_void>(),
-                0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
-        })?;
-        let module = ModuleInner {
-            device: device.clone(),
-            raw: module,
-        };
-        let mut function: CuFunction = std::ptr::null_mut();
-        // SAFETY: valid out-pointer, live module, NUL-terminated name.
-        check("cuModuleGetFunction", unsafe {
-            (api.cuModuleGetFunction)(&mut function, module.raw, c"nibble_l2_flush".as_ptr())
-        })?;
+        let (module, function) = load_entry(device, &image, c"nibble_l2_flush", "nibble_l2_flush")?;
         Ok(L2Flush {
             buffer,
             sink,
