@@ -198,12 +198,19 @@ fn open() -> Res<Device> {
     Device::open(cuda::default_index().map_err(s)?).map_err(s)
 }
 
-fn load(dev: &Device, path: &Path) -> Res<CudaKernel> {
+/// A manifest and its PTX, read and checked against each other before any device is opened.
+fn read_kernel(path: &Path) -> Res<(Manifest, Vec<u8>)> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let m = Manifest::from_json(&path.display().to_string(), &text).map_err(s)?;
     let co = path.parent().unwrap_or(Path::new(".")).join(&m.code_object);
     let ptx = std::fs::read(&co).map_err(|e| format!("{}: {e}", co.display()))?;
-    CudaKernel::load(dev, &m, &ptx).map_err(s)
+    nibble_runtime::ptx::check_against_manifest(&ptx, &m)
+        .map_err(|e| format!("{}: {e}", co.display()))?;
+    Ok((m, ptx))
+}
+
+fn load(dev: &Device, (m, ptx): &(Manifest, Vec<u8>)) -> Res<CudaKernel> {
+    CudaKernel::load(dev, m, ptx).map_err(s)
 }
 
 fn info() -> Res<()> {
@@ -378,13 +385,17 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&Path>) -> Res<()> {
+    let read = paths
+        .iter()
+        .map(|p| read_kernel(p))
+        .collect::<Res<Vec<_>>>()?;
     let dev = open()?;
     let stream = dev.stream().map_err(s)?;
     let (e0, e1) = (dev.event().map_err(s)?, dev.event().map_err(s)?);
     let flush = cuda::L2Flush::new(&dev, 256 << 20).map_err(s)?;
     let mut rows_out = vec![];
-    for p in paths {
-        let kernel = load(&dev, p)?;
+    for k in &read {
+        let kernel = load(&dev, k)?;
         let m = kernel.manifest().clone();
         let (n, k) = (u64::from(m.shapes.n), u64::from(m.shapes.k));
         let rows: Vec<u32> = ms
@@ -462,8 +473,9 @@ fn main() -> ExitCode {
             manifest,
             random,
             seed,
-        } => open().and_then(|dev| {
-            let kernel = load(&dev, &manifest)?;
+        } => read_kernel(&manifest).and_then(|k| {
+            let dev = open()?;
+            let kernel = load(&dev, &k)?;
             let inp = inputs(kernel.manifest(), random, seed, false)?;
             let c = run_case(&dev, &kernel, &inp, Fault::None)?;
             println!("{} M={random}: {c}", kernel.manifest().kernel);
