@@ -327,7 +327,9 @@ fn cli_check_prints_the_resolved_spec() {
         "w         mxfp4[10240, 8192]",
         "bias      bf16[10240]",
         "format    mxfp4: element e2m1 (exp 2, man 1, bias 1), scale e8m0 per 32, no tensor scale",
-        "schedule  tile m=16 n=128 k=256, waves m=1 n=4, mma 16x16x16, stages 2",
+        "schedule  tile m=16 n=256 k=256, waves m=1 n=4, mma 16x16x16, stages 2",
+        "budget    gfx942: LDS 32768/65536 bytes, xf32 route,",
+        "budget    gfx90a: LDS 16896/65536 bytes, VGPRs",
         "hash      ",
     ] {
         assert!(out.contains(line), "missing {line:?} in\n{out}");

@@ -999,7 +999,9 @@ fn real_kernel_runs_fast_enough() {
         run.seconds, run.stats.lane_ops, run.stats.mfma
     );
     let waves = u64::from(p.threads / 64);
-    let per_wave_iter = u64::from(p.m_tiles * p.n_tiles * 2 * p.pairs_per_iter);
+    // Two bf16 MFMAs per weight word, or four xf32 ones (K = 8 each).
+    let per_word = if p.dequant.xf32 { 4 } else { 2 };
+    let per_wave_iter = u64::from(p.m_tiles * p.n_tiles * per_word * p.pairs_per_iter);
     assert_eq!(run.stats.mfma, waves * per_wave_iter * u64::from(p.k_iters));
     assert!(run.seconds < 5.0, "{} s", run.seconds);
 }
@@ -1029,6 +1031,24 @@ fn reference_dequant_function_runs_on_one_lane() {
     // Byte 0 of the word holds magnitude 1 at bits 1..3 (e2m1 code 1 = 0.5); bitreverse(word) has none. The
     // repacked scale carries 2^exp_offset, so this scale means 1.0.
     let s = 2f32.powi(p.dequant.exp_offset);
+    let r = interp::call(
+        &module,
+        "nibble_dequant",
+        &[Scalar::I32(0x2), Scalar::f32s(&[s, s])],
+    )
+    .expect("runs");
+    // 0.5 as the MFMA operand: bf16, or f32 on the xf32 route (which this gfx942 decode tile takes).
+    assert!(p.dequant.xf32);
+    assert_eq!(
+        r,
+        vec![Scalar::Vec(
+            ElemType::F32,
+            vec![0x3F00_0000, 0, 0, 0, 0, 0, 0, 0]
+        )]
+    );
+    let mut p16 = p.clone();
+    p16.dequant.xf32 = false;
+    let module = nibble_compiler::kernel::build(&p16).expect("builds");
     let r = interp::call(
         &module,
         "nibble_dequant",
@@ -1190,4 +1210,50 @@ fn no_example_kernel_has_lds_bank_conflicts() {
         }
     }
     assert!(checked >= 20, "{checked} kernels checked");
+}
+
+#[test]
+fn xf32_mfma_multiplies_exact_operands_and_rejects_inexact_ones() {
+    // One wave: every lane passes A = (a, a), B = (b, b); D[i][j] = sum over K = 8 of a * b = 8ab.
+    let src = r#"
+module attributes {gpu.container_module} {
+  gpu.module @k {
+    gpu.func @x(%out: memref<256xf32>, %a: f32, %b: f32) kernel {
+      %t = gpu.thread_id x
+      %av = vector.broadcast %a : f32 to vector<2xf32>
+      %bv = vector.broadcast %b : f32 to vector<2xf32>
+      %z = arith.constant dense<0.0> : vector<4xf32>
+      %d = amdgpu.mfma 16x16x8 %av * %bv + %z {reducePrecision} blgp = none : vector<2xf32>, vector<2xf32>, vector<4xf32>
+      %c4 = arith.constant 4 : index
+      %i = arith.muli %t, %c4 : index
+      vector.store %d, %out[%i] : memref<256xf32>, vector<4xf32>
+      gpu.return
+    }
+  }
+}
+"#;
+    let m = parse(src);
+    let run = |a: f32, b: f32| {
+        let mut args = vec![
+            KernelArg::Buffer(vec![0; 1024]),
+            KernelArg::F32(a),
+            KernelArg::F32(b),
+        ];
+        interp::launch(&m, "x", [1, 1, 1], [64, 1, 1], &mut args).map(|_| match &args[0] {
+            KernelArg::Buffer(b) => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect::<Vec<_>>(),
+            _ => unreachable!("argument 0 is the buffer"),
+        })
+    };
+    // bf16 activation 1.5 * 2^-3 and unscaled element 6 (bf8 route): exact in xf32.
+    let y = run(0.1875, 6.0).expect("exact operands run");
+    assert!(y.iter().all(|v| *v == 8.0 * 0.1875 * 6.0), "{:?}", &y[..4]);
+    // 1 + 2^-12 needs 12 significand bits: xf32 keeps 10 after the point, so the unit would round it.
+    let err = run(1.0 + 2f32.powi(-12), 1.0).unwrap_err();
+    assert!(
+        matches!(err, InterpError::Divergence { ref reason, .. } if reason.contains("not exactly representable in xf32")),
+        "{err}"
+    );
 }

@@ -372,6 +372,16 @@ fn broken_layouts_nibble_orders_and_scales_are_detected() {
             let b = bundle(&spec, arch);
             let inp = inputs(&spec, 33, Data::Quantized, &mut rng);
             let what = format!("{} {}", arch.name(), atom.name());
+            // The controls cover the xf32 route too: gfx942's 16x16 decode tile takes it.
+            let xf32 = nibble_compiler::plan::plan(&spec, arch)
+                .expect("plans")
+                .dequant
+                .xf32;
+            assert_eq!(
+                xf32,
+                arch == Arch::Gfx942 && atom == MmaAtom::M16N16K16,
+                "{what}"
+            );
 
             // Sanity: the unperturbed run passes.
             assert_eq!(

@@ -31,8 +31,7 @@ use crate::plan::{Bf8Convert, FragmentPlan, Plan, SecondHalf};
 /// `func.func private @nibble_dequant(%word: i32, %scale: f32) -> vector<8xT>` with the reference body.
 pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
     let i32t = e.int(32);
-    let xt = dtype(e, p.x);
-    let out = e.vector(8, xt);
+    let out = e.vector(8, out_elem(e, p));
     let s2 = scale_type(e, p);
     let region = Region::new();
     let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, e.loc), (s2, e.loc)])));
@@ -58,6 +57,15 @@ pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), I
         .map_err(|err| ir::emit::build_err("func.func", err))?;
     e.append(func);
     Ok(())
+}
+
+/// Element type of the dequant function's result: the MFMA operand type, f32 on the xf32 route.
+pub fn out_elem<'c>(e: &Emitter<'c, '_>, p: &Plan) -> Type<'c> {
+    if p.dequant.xf32 {
+        e.f32()
+    } else {
+        dtype(e, p.x)
+    }
 }
 
 /// The dequant function's scale operand: two f32 (the same scale twice, for a packed multiply) on AMD; on NVIDIA
@@ -121,6 +129,10 @@ fn reference_body<'c, 'b>(
     let true_scale = e.mulf(scale, undo)?;
     let sv = e.broadcast(true_scale, f8)?;
     let prod = e.mulf(values, sv)?;
+    if p.dequant.xf32 {
+        // The xf32 MFMA takes the f32 product as it is (exact: it is an element times a power of two).
+        return Ok(prod);
+    }
     e.truncf(prod, e.vector(8, dtype(e, p.x)))
 }
 
@@ -319,7 +331,9 @@ pub fn bit_trick<'c, 'b>(
         e.vbitcast(r, v2f)
     };
     let pack = |prod: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
-        if p.dequant.exact_pack || bf16_out {
+        if p.dequant.xf32 {
+            Ok(prod)
+        } else if p.dequant.exact_pack || bf16_out {
             // Exact products have a zero low half; others were rounded above: keep the high halves (a byte permute).
             let prod = if p.dequant.exact_pack {
                 prod
@@ -392,9 +406,10 @@ pub fn bit_trick<'c, 'b>(
             }
         }
     }
-    let q0 = e.shuffle(pairs[0], pairs[1], &[0, 1, 2, 3], xt)?;
-    let q1 = e.shuffle(pairs[2], pairs[3], &[0, 1, 2, 3], xt)?;
-    e.shuffle(q0, q1, &[0, 1, 2, 3, 4, 5, 6, 7], xt)
+    let ot = out_elem(e, p);
+    let q0 = e.shuffle(pairs[0], pairs[1], &[0, 1, 2, 3], ot)?;
+    let q1 = e.shuffle(pairs[2], pairs[3], &[0, 1, 2, 3], ot)?;
+    e.shuffle(q0, q1, &[0, 1, 2, 3, 4, 5, 6, 7], ot)
 }
 
 /// The dequant pass: replaces every call of `@nibble_dequant` with `bit_trick` and erases the reference function.
@@ -461,7 +476,7 @@ pub fn build_probe(p: &Plan) -> Result<Module<'static>, IrError> {
     build_reference_fn(&top, p)?;
     let i32t = top.int(32);
     let s2 = scale_type(&top, p);
-    let out = top.vector(8, dtype(&top, p.x));
+    let out = top.vector(8, out_elem(&top, p));
     let region = Region::new();
     let block = ir::emit::detach(region.append_block(Block::new(&[(i32t, loc), (s2, loc)])));
     let b = top.at(block);

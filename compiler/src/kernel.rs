@@ -160,7 +160,9 @@ where
         inputs.push(f32t);
     }
     let lds_space = e.attr("#gpu.address_space<workgroup>")?;
-    let lds_ty: Type = MemRefType::new(xt, &[lds_elems as i64], None, Some(lds_space)).into();
+    // The xf32 route stages activations as f32 (see `DequantPlan::xf32`).
+    let lds_elem = if p.dequant.xf32 { f32t } else { xt };
+    let lds_ty: Type = MemRefType::new(lds_elem, &[lds_elems as i64], None, Some(lds_space)).into();
     let mut block_args: Vec<(Type, Location)> = inputs.iter().map(|t| (*t, e.loc)).collect();
     block_args.push((lds_ty, e.loc));
     let region = Region::new();
@@ -246,8 +248,8 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
 struct XStaging<'c, 'b> {
     /// Element offset in x of each vector for K iteration 0.
     global: Vec<Value<'c, 'b>>,
-    /// Element offset in an LDS stage.
-    local: Vec<Value<'c, 'b>>,
+    /// Element offset in an LDS stage (xf32: of the two swizzled 4-element f32 chunks the vector becomes).
+    local: Vec<[Value<'c, 'b>; 2]>,
     /// Whether the thread has a vector in this slot (only on a ragged last slot).
     valid: Vec<Option<Value<'c, 'b>>>,
 }
@@ -318,7 +320,18 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let g = e.muli(grow, c(p.k)?)?;
         xs.global.push(e.addi(g, col8)?);
         let l = e.muli(row, c(p.lds_row)?)?;
-        xs.local.push(e.addi(l, col8)?);
+        if p.dequant.xf32 {
+            let chunk = e.muli(col, c(2)?)?;
+            let lo = swizzled_chunk(e, row, chunk)?;
+            let hi = swizzled_chunk(e, row, e.addi(chunk, c(1)?)?)?;
+            xs.local.push([
+                e.addi(l, e.muli(lo, c(4)?)?)?,
+                e.addi(l, e.muli(hi, c(4)?)?)?,
+            ]);
+        } else {
+            let off = e.addi(l, col8)?;
+            xs.local.push([off, off]);
+        }
         let ragged = (v + 1) * p.threads > total_vecs;
         xs.valid.push(if ragged {
             Some(e.cmpi(Cmp::Ult, vid, c(total_vecs)?)?)
@@ -335,10 +348,24 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let store_x =
         |e: &Emitter<'c, 'b>, base: Value<'c, 'b>, vecs: &[Value<'c, 'b>]| -> Result<(), IrError> {
             for (i, v) in vecs.iter().enumerate() {
-                let idx = e.addi(base, xs.local[i])?;
+                let put = |e: &Emitter<'c, 'b>| -> Result<(), IrError> {
+                    if p.dequant.xf32 {
+                        // Converted once here for every wave of the workgroup (a shift per element).
+                        let f = e.extf(*v, e.vector(8, f32t))?;
+                        for (h, lanes) in [[0, 1, 2, 3], [4, 5, 6, 7]].iter().enumerate() {
+                            let part = e.shuffle(f, f, lanes, f32t)?;
+                            let idx = e.addi(base, xs.local[i][h])?;
+                            e.vstore(part, a.lds, idx)?;
+                        }
+                        Ok(())
+                    } else {
+                        let idx = e.addi(base, xs.local[i][0])?;
+                        e.vstore(*v, a.lds, idx)
+                    }
+                };
                 match xs.valid[i] {
-                    None => e.vstore(*v, a.lds, idx)?,
-                    Some(ok) => e.if_then(ok, |inner| inner.vstore(*v, a.lds, idx))?,
+                    None => put(e)?,
+                    Some(ok) => e.if_then(ok, |inner| put(&inner))?,
                 }
             }
             Ok(())
@@ -353,6 +380,27 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let ro = e.muli(r, c(p.lds_row)?)?;
         let q8 = e.muli(lane_q, c(8)?)?;
         a_off.push(e.addi(ro, q8)?);
+    }
+
+    // xf32: the lane's 8 f32 of a pair are two swizzled chunks, 2q and 2q + 1 of the pair's 8; which XOR applies
+    // depends on the pair's parity (bit 3 of the chunk), so each lane keeps four offsets: [chunk][parity].
+    let mut a_off_f32 = vec![];
+    if p.dequant.xf32 {
+        let r0 = e.muli(wm, c(p.wave_m)?)?;
+        let r = e.addi(r0, lane_m)?;
+        let ro = e.muli(r, c(p.lds_row)?)?;
+        let q2 = e.muli(lane_q, c(2)?)?;
+        for h in 0..2 {
+            let mut by_parity = vec![];
+            for parity in 0..2 {
+                // Chunk 8 * parity + 2q + h of the row: only its low 3 bits are swizzled.
+                let chunk = e.addi(q2, c(8 * parity + h)?)?;
+                let phys = swizzled_chunk(e, r, chunk)?;
+                let phys = e.subi(phys, c(8 * parity)?)?;
+                by_parity.push(e.addi(ro, e.muli(phys, c(4)?)?)?);
+            }
+            a_off_f32.push(by_parity);
+        }
     }
 
     // Weights: word index ((nt * K/kc + chunk) * 64 + lane) * 4 + j, see manifest::WeightLayout.
@@ -453,6 +501,49 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         // in the next flush with the same scale).
         let group_acc = group_consts.is_some();
         let mut temps: Vec<Option<Value<'c, 'b>>> = vec![None; accs.len()];
+        if p.dequant.xf32 {
+            let (zero_acc, unit) = group_consts.ok_or_else(|| {
+                ir::emit::build_err("gpu.func", "xf32 without per-group accumulation")
+            })?;
+            let f4 = l.vector(4, f32t);
+            let f8 = l.vector(8, f32t);
+            for pair in 0..p.pairs_per_iter {
+                // x of K 8q..8q+3 and 8q+4..8q+7 of the pair (f32 in LDS), paired element by element with the word.
+                let mut xa = vec![];
+                for offs in &a_off_f32 {
+                    let idx = l.addi(sbase, offs[(pair % 2) as usize])?;
+                    let idx = l.addi(idx, l.idx(i64::from(pair * 2 * ak))?)?;
+                    xa.push(l.vload(a.lds, idx, f4)?);
+                }
+                let slot = i64::from(p.scale_slot(pair));
+                let flush =
+                    pair + 1 == p.pairs_per_iter || p.scale_slot(pair + 1) != p.scale_slot(pair);
+                for ns in 0..p.n_tiles as usize {
+                    let wv = wcur[ns * p.wchunks_per_iter as usize + (pair / 4) as usize];
+                    let word = l.extract(wv, i64::from(pair % 4), i32t)?;
+                    let b = l.call(DEQUANT_FN, &[word, unit], &[f8])?[0];
+                    let mut t = temps[ns].unwrap_or(zero_acc);
+                    for step in 0..4u32 {
+                        let xv = xa[(step / 2) as usize];
+                        let xo = i64::from(2 * (step % 2));
+                        let wo = i64::from(2 * step);
+                        let av = l.shuffle(xv, xv, &[xo, xo + 1], f32t)?;
+                        let bv = l.shuffle(b, b, &[wo, wo + 1], f32t)?;
+                        t = l.mfma_xf32((am, an, XF32_K), av, bv, t)?;
+                    }
+                    temps[ns] = Some(t);
+                    if flush {
+                        if let Some(t) = temps[ns].take() {
+                            let s1 = l.extract(scur[ns], slot, f32t)?;
+                            let sv = l.broadcast(s1, acc_ty)?;
+                            accs[ns] = l.op1("math.fma", &[t, sv, accs[ns]], acc_ty, &[])?;
+                        }
+                    }
+                }
+            }
+            ring_store(&l, p, rel, xnext, &store_x)?;
+            return Ok(accs);
+        }
         for pair in 0..p.pairs_per_iter {
             let mut a_lo = vec![];
             let mut a_hi = vec![];
@@ -557,6 +648,23 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::All)?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
+}
+
+/// K of the xf32 MFMA (`v_mfma_f32_16x16x8_xf32`: two f32 of A and of B per lane).
+const XF32_K: u32 = 8;
+
+/// `Plan::xf32_chunk` in IR: `chunk ^ ((row & 7) ^ ((chunk >> 3) & 1))`.
+fn swizzled_chunk<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    row: Value<'c, 'b>,
+    chunk: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let c = |v: i64| e.idx(v);
+    let r7 = e.andi(row, c(7)?)?;
+    let b3 = e.shrui(chunk, c(3)?)?;
+    let b3 = e.andi(b3, c(1)?)?;
+    let x = e.xori(r7, b3)?;
+    e.xori(chunk, x)
 }
 
 /// Thread and workgroup ids the split-K epilogue needs.
@@ -676,14 +784,16 @@ where
     let tile = e.addi(tile, bx)?;
     let zero = c(0)?;
     let is_t0 = e.cmpi(Cmp::Eq, tid, zero)?;
+    // The flag travels through element 0 of the workgroup buffer, in its element type.
+    let (lt, lbits) = if p.dequant.xf32 { (f32t, 32) } else { (xt, 16) };
     let fconst = |v: f64| {
         e.op1(
             "arith.constant",
             &[],
-            xt,
+            lt,
             &[(
                 "value",
-                melior::ir::attribute::FloatAttribute::new(e.ctx, xt, v).into(),
+                melior::ir::attribute::FloatAttribute::new(e.ctx, lt, v).into(),
             )],
         )
     };
@@ -710,11 +820,11 @@ where
         e.store(flag, a.lds, zero)
     })?;
     e.barrier()?;
-    let flag = e.load(a.lds, zero, xt)?;
-    let i16t = e.int(16);
-    let bits = e.bitcast(flag, i16t)?;
-    let zero16 = e.const_int(0, i16t)?;
-    let is_last = e.cmpi(Cmp::Ne, bits, zero16)?;
+    let flag = e.load(a.lds, zero, lt)?;
+    let it = e.int(lbits);
+    let bits = e.bitcast(flag, it)?;
+    let zero_bits = e.const_int(0, it)?;
+    let is_last = e.cmpi(Cmp::Ne, bits, zero_bits)?;
     e.if_then(is_last, |e| {
         // Acquire: the other workgroups' partials are visible from here on.
         if !single_fence {

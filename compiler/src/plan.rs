@@ -16,6 +16,8 @@ use crate::spec::{DType, FormatSpec, KernelSpec, MmaAtom, ScaleType, Schedule, T
 pub const WORDS_PER_LANE: u32 = 4;
 /// bf16 elements of padding per LDS row of the activation tile, so rows do not start on the same bank.
 pub const LDS_ROW_PAD: u32 = 8;
+/// SIMDs per CU on the AMD targets (occupancy of the xf32 route's LDS tile).
+const XF32_SIMDS: u32 = 4;
 /// FNUZ bf8 exponent bias: `word & mask` bytes read as element * 2^(bias - BF8_BIAS).
 pub const BF8_BIAS: i32 = 16;
 /// Buffer offsets are 32-bit signed in the generated code.
@@ -95,6 +97,11 @@ pub struct DequantPlan {
     /// each scale group adds `temporary * scale` to the real one (two packed FMAs per lane and group), instead of a
     /// packed multiply per two elements. Chosen where that is cheaper and exact (see `plan`).
     pub group_accumulate: bool,
+    /// gfx942 with per-group accumulation: the unscaled f32 elements feed `v_mfma_f32_16x16x8_xf32` directly (no
+    /// packing to bf16), and the activation tile is staged in LDS as f32 (converted once per workgroup, rows
+    /// XOR-swizzled instead of padded). Exact: bf16 activations and unscaled elements have at most 8 significant
+    /// bits, xf32 keeps 11. Chosen where the f32 tile still leaves two waves per SIMD (see `plan`).
+    pub xf32: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,7 +135,7 @@ pub struct Plan {
     pub split_k: u32,
     pub iters_per_split: u32,
     pub threads: u32,
-    /// Activation rows in LDS are `tile_k + LDS_ROW_PAD` elements apart.
+    /// Activation rows in LDS are `lds_row` elements apart: `tile_k + LDS_ROW_PAD` (bf16/f16), `tile_k` (xf32 f32 tile).
     pub lds_row: u32,
     pub lds_stage_elems: u32,
     pub lds_bytes: u32,
@@ -230,31 +237,11 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         (None, Bf8Convert::ViaF16) => BF8_BIAS - 1 - elem.bias,
         (None, _) => BF8_BIAS - elem.bias,
     };
-    // element * scale is exact in a 16-bit float when the significands fit: elements carry at most 3 significant
-    // bits, e8m0 scales 1 and e4m3 scales 4; bf16 holds 8 and f16 11. Other scales go through a rounding convert.
-    let elem_bits = 1 + u32::from(elem.man_bits);
-    let scale_bits = match fmt.scale {
-        ScaleType::E8m0 => 1,
-        ScaleType::E4m3 => 4,
-        ScaleType::F16 => 11,
-        ScaleType::Bf16 => 8,
-        ScaleType::F32 => 24,
-    };
-    let operand_bits = match spec.x {
-        DType::Bf16 => 8,
-        DType::F16 => 11,
-    };
-    // f16 has a narrow exponent range, so products may round even when significands fit: always convert properly.
-    let exact_pack = spec.x == DType::Bf16 && elem_bits + scale_bits <= operand_bits;
-    // Per-group accumulation pays when a wave has one MFMA tile along M (one accumulator to scale per group) on the
-    // 16x16x16 atom (a word's pair of MFMAs spans 32 K, inside one group of 32 or more). It is exact where the
-    // per-element products are (bf16 activations, e8m0/e4m3 scales): the MFMA then sees the same values, scaled
-    // later by a power of two or a 4-bit significand.
-    let group_accumulate = convert != Bf8Convert::Direct
-        && exact_pack
-        && atom == MmaAtom::M16N16K16
-        && t.tile_m / t.waves_m == atom.m()
-        && fmt.group >= 2 * atom.k();
+    let Route {
+        exact_pack,
+        group_accumulate,
+        xf32,
+    } = route(spec, &t, arch);
 
     let waves = t.waves_m * t.waves_n;
     let lanes = arch.info().wave_size;
@@ -275,9 +262,15 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     } else {
         (wave_m / atom.m(), wave_n / atom.n())
     };
-    let lds_row = t.tile_k + LDS_ROW_PAD;
+    // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded.
+    let lds_row = if xf32 {
+        t.tile_k
+    } else {
+        t.tile_k + LDS_ROW_PAD
+    };
     let lds_stage_elems = t.tile_m * lds_row;
-    let lds_bytes = t.stages * lds_stage_elems * 2;
+    let lds_elem_bytes = if xf32 { 4 } else { 2 };
+    let lds_bytes = t.stages * lds_stage_elems * lds_elem_bytes;
     let x_vecs = t.tile_m * t.tile_k / 8;
     let x_vecs_per_thread = x_vecs.div_ceil(threads);
     let scales_per_iter = if nvidia {
@@ -389,6 +382,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             operand: spec.x,
             exp_offset,
             group_accumulate,
+            xf32,
         },
         weight_layout: match &fragment {
             None => WeightLayout {
@@ -437,6 +431,59 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         elements_per_lane_iter: wave_n * t.tile_k / lanes,
         source_hash: spec.source_hash.clone(),
     })
+}
+
+/// How the dequantized elements reach the MMA, decided from the spec, tiling and arch alone (so the DSL checker's
+/// budget report and the plan agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub exact_pack: bool,
+    pub group_accumulate: bool,
+    pub xf32: bool,
+}
+
+pub fn route(spec: &KernelSpec, t: &Tiling, arch: Arch) -> Route {
+    let fmt = &spec.format;
+    let atom = t.mma;
+    // element * scale is exact in a 16-bit float when the significands fit: elements carry at most 3 significant
+    // bits, e8m0 scales 1 and e4m3 scales 4; bf16 holds 8 and f16 11. Other scales go through a rounding convert.
+    let elem_bits = 1 + u32::from(fmt.element.man_bits);
+    let scale_bits = match fmt.scale {
+        ScaleType::E8m0 => 1,
+        ScaleType::E4m3 => 4,
+        ScaleType::F16 => 11,
+        ScaleType::Bf16 => 8,
+        ScaleType::F32 => 24,
+    };
+    let operand_bits = match spec.x {
+        DType::Bf16 => 8,
+        DType::F16 => 11,
+    };
+    // f16 has a narrow exponent range, so products may round even when significands fit: always convert properly.
+    let exact_pack = spec.x == DType::Bf16 && elem_bits + scale_bits <= operand_bits;
+    // Per-group accumulation pays when a wave has one MFMA tile along M (one accumulator to scale per group) on the
+    // 16x16x16 atom (a word's pair of MFMAs spans 32 K, inside one group of 32 or more). It is exact where the
+    // per-element products are (bf16 activations, e8m0/e4m3 scales): the MFMA then sees the same values, scaled
+    // later by a power of two or a 4-bit significand.
+    let waves_m = t.waves_m.max(1);
+    let group_accumulate = !arch.is_nvidia()
+        && exact_pack
+        && atom == MmaAtom::M16N16K16
+        && t.tile_m / waves_m == atom.m()
+        && fmt.group >= 2 * atom.k();
+    // xf32 on gfx942: the f32 activation tile must still let two waves per SIMD reside (64 KiB of LDS per CU
+    // shared by ceil(8 / waves) workgroups), or the occupancy lost costs more than the packs saved.
+    let f32_tile_bytes = u64::from(t.stages) * u64::from(t.tile_m) * u64::from(t.tile_k) * 4;
+    let waves = u64::from((t.waves_m * t.waves_n).max(1));
+    let wgs_for_two_waves = (2 * u64::from(XF32_SIMDS)).div_ceil(waves);
+    let xf32 = arch == Arch::Gfx942
+        && group_accumulate
+        && f32_tile_bytes * wgs_for_two_waves <= u64::from(arch.info().lds_bytes);
+    Route {
+        exact_pack,
+        group_accumulate,
+        xf32,
+    }
 }
 
 /// NVIDIA m16n8k16: weight rows per A atom, tokens per B atom, K per step.
@@ -545,6 +592,14 @@ impl Plan {
     /// `8q .. 8q+7` (q = lane / atom_n), which never straddle a group because groups are multiples of 8.
     pub fn scale_slot(&self, pair: u32) -> u32 {
         pair * 2 * self.atom.k() / self.format.group
+    }
+
+    /// xf32 route: physical 16-byte chunk (4 f32) of logical chunk `chunk` in row `row` of the f32 activation tile.
+    /// Bits 0-2 of the chunk are XORed with the row's low 3 bits and with bit 3 of the chunk, so that the 16-byte
+    /// reads of 8 consecutive lanes (8 rows, one chunk) and the staging stores of 8 consecutive lanes (one row,
+    /// chunks 2j or 2j + 1 for 8 consecutive j) each cover all 32 banks once. Stays inside the aligned 8-chunk block.
+    pub fn xf32_chunk(row: u32, chunk: u32) -> u32 {
+        chunk ^ ((row % 8) ^ ((chunk / 8) % 2))
     }
 
     /// Offset in groups of lane group `q`'s first scale: nonzero only when groups are finer than an MFMA pair.

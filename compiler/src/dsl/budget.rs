@@ -27,6 +27,15 @@ pub fn lds_bytes(t: &Tiling) -> u64 {
         .saturating_mul(LDS_ELEM_BYTES)
 }
 
+/// LDS bytes of the xf32 route (gfx942, `plan::route`): `stages * tile_m * tile_k * 4`, f32 rows swizzled, not
+/// padded. The route is only taken where this leaves two waves per SIMD, so it never exceeds the budget.
+pub fn lds_bytes_f32(t: &Tiling) -> u64 {
+    u64::from(t.stages)
+        .saturating_mul(u64::from(t.tile_m))
+        .saturating_mul(u64::from(t.tile_k))
+        .saturating_mul(4)
+}
+
 /// The terms of the VGPR estimate, per lane of one wave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VgprEstimate {

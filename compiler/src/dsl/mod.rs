@@ -161,13 +161,18 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
                 t.mma.name(),
                 t.stages
             );
-            let lds = budget::lds_bytes(t);
             let v = budget::vgprs(t, k.format.group);
             for a in &k.targets {
                 let info = a.info();
+                // The xf32 route (gfx942) stages f32 activations: the plan's LDS, not the bf16 estimate.
+                let (lds, route) = if crate::plan::route(k, t, *a).xf32 {
+                    (budget::lds_bytes_f32(t), ", xf32 route")
+                } else {
+                    (budget::lds_bytes(t), "")
+                };
                 let _ = writeln!(
                     s,
-                    "  budget    {}: LDS {lds}/{} bytes, VGPRs {}/{} (acc {} + 2x{} weights + {} scales + {} A + {})",
+                    "  budget    {}: LDS {lds}/{} bytes{route}, VGPRs {}/{} (acc {} + 2x{} weights + {} scales + {} A + {})",
                     info.name,
                     info.lds_bytes,
                     v.total(),

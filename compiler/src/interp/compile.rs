@@ -278,6 +278,8 @@ pub(crate) enum Kind {
         k: u32,
         kl: u32,
         t: ElemType,
+        /// f32 operands read as xf32 (`reducePrecision`).
+        xf32: bool,
     },
     Bitrev {
         dst: Slot,
@@ -1236,26 +1238,33 @@ impl<'c, 'a> Compiler<'c, 'a> {
                         "blocks/cbsz/abid/blgp other than the defaults",
                     ));
                 }
-                for flag in ["negateA", "negateB", "negateC", "reducePrecision"] {
+                for flag in ["negateA", "negateB", "negateC"] {
                     if op.has_attribute(flag) {
                         return Err(unsupported(name, flag));
                     }
                 }
+                let xf32 = op.has_attribute("reducePrecision");
                 let (t, kl) = shape(self.slot_ty(ops[0])).ok_or_else(|| malformed(name, "A"))?;
                 let (tb, klb) = shape(self.slot_ty(ops[1])).ok_or_else(|| malformed(name, "B"))?;
                 let (tc, cn) = shape(self.slot_ty(ops[2])).ok_or_else(|| malformed(name, "C"))?;
-                if !matches!(t, ElemType::Bf16 | ElemType::F16)
-                    || tb != t
-                    || klb != kl
-                    || tc != ElemType::F32
-                {
+                let operands_ok = if xf32 {
+                    t == ElemType::F32
+                } else {
+                    matches!(t, ElemType::Bf16 | ElemType::F16)
+                };
+                if !operands_ok || tb != t || klb != kl || tc != ElemType::F32 {
                     return Err(unsupported(
                         name,
-                        "operands other than bf16/f16 with f32 accumulators",
+                        "operands other than bf16/f16 (or f32 with reducePrecision) with f32 accumulators",
                     ));
                 }
-                // Only the two atoms whose layouts are documented (shared/reference/mfma-layouts.md).
-                let ok = matches!((m, n, k, kl, cn), (16, 16, 16, 4, 4) | (32, 32, 8, 4, 16));
+                // The two bf16 atoms whose layouts are documented (shared/reference/mfma-layouts.md), and xf32
+                // 16x16x8, whose layout is the same pattern with two elements per lane (see `Exec::mfma`).
+                let ok = if xf32 {
+                    (m, n, k, kl, cn) == (16, 16, 8, 2, 4)
+                } else {
+                    matches!((m, n, k, kl, cn), (16, 16, 16, 4, 4) | (32, 32, 8, 4, 16))
+                };
                 if !ok {
                     return Err(unsupported(
                         name,
@@ -1272,6 +1281,7 @@ impl<'c, 'a> Compiler<'c, 'a> {
                     k,
                     kl,
                     t,
+                    xf32,
                 })
             }
             "llvm.intr.bitreverse" => {

@@ -589,6 +589,7 @@ impl<'p, 'b> Machine<'p, 'b> {
                     k,
                     kl,
                     t,
+                    xf32,
                 } => {
                     self.mfma(
                         op,
@@ -597,7 +598,7 @@ impl<'p, 'b> Machine<'p, 'b> {
                         lanes,
                         [*dst, *a, *b, *c],
                         (*m, *n, *k, *kl),
-                        *t,
+                        (*t, *xf32),
                     )?;
                 }
                 Kind::Bitrev { dst, a, bits, n } => {
@@ -1026,6 +1027,11 @@ impl<'p, 'b> Machine<'p, 'b> {
     /// `D = A * B + C` for every wave with active lanes; all 64 lanes of such a wave must be active.
     /// Accumulation order: for each output, `acc = C; for k in 0..K { acc = acc + A[i][k] * B[k][j] }`, each product
     /// and each sum rounded to f32 (products of bf16 / f16 operands are exact in f32 unless they underflow).
+    /// xf32 (f32 operands, `reducePrecision`): the unit reads 1 + 8 + 10 bits of each f32. How it drops the other
+    /// 13 is not modelled; an operand with any of them set is an error, so a kernel is only accepted when it feeds
+    /// values xf32 holds exactly (their products are then exact in f32, as for bf16). The layout is the 16x16x16
+    /// one with two elements per lane (A[l % 16][2 * (l / 16) + e]); nibble's kernels rely only on what every MFMA
+    /// layout shares: A's row and B's column are l % 16, and A and B use the same K mapping.
     #[allow(clippy::too_many_arguments)]
     fn mfma(
         &mut self,
@@ -1035,7 +1041,7 @@ impl<'p, 'b> Machine<'p, 'b> {
         lanes: &[u32],
         [dst, a, b, c]: [Slot; 4],
         (m, n, k, kl): (u32, u32, u32, u32),
-        t: ElemType,
+        (t, xf32): (ElemType, bool),
     ) -> Result<(), InterpError> {
         let nl = self.nl;
         let at = |s: Slot, l: u32| -> usize {
@@ -1062,6 +1068,26 @@ impl<'p, 'b> Machine<'p, 'b> {
                 ));
             }
             let base = w * 64;
+            if xf32 {
+                for ln in 0..64u32 {
+                    let (da, db) = (at(a, base + ln), at(b, base + ln));
+                    for e in 0..kl as usize {
+                        for (which, bits) in [("A", regs[da + e]), ("B", regs[db + e])] {
+                            if bits as u32 & 0x1FFF != 0 {
+                                return Err(self.div_err(
+                                    op,
+                                    format!(
+                                        "xf32 operand {which} of lane {ln} (element {e}) is {} (0x{:08x}), not \
+                                         exactly representable in xf32",
+                                        f32::from_bits(bits as u32),
+                                        bits as u32
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
             for ln in 0..64u32 {
                 let (da, db) = (at(a, base + ln), at(b, base + ln));
                 for e in 0..kl {

@@ -206,6 +206,9 @@ impl<'c, 'b> Emitter<'c, 'b> {
     pub fn ori(&self, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
         self.binary("arith.ori", a, b)
     }
+    pub fn xori(&self, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
+        self.binary("arith.xori", a, b)
+    }
     pub fn shli(&self, a: Value<'c, 'b>, b: Value<'c, 'b>) -> Result<Value<'c, 'b>, IrError> {
         self.binary("arith.shli", a, b)
     }
@@ -470,22 +473,43 @@ impl<'c, 'b> Emitter<'c, 'b> {
         b: Value<'c, 'b>,
         acc: Value<'c, 'b>,
     ) -> Result<Value<'c, 'b>, IrError> {
+        self.mfma_op(shape, a, b, acc, false)
+    }
+
+    /// `amdgpu.mfma` on f32 operands with `reducePrecision`: `v_mfma_f32_{16x16x8,32x32x4}_xf32` on gfx942.
+    pub fn mfma_xf32(
+        &self,
+        shape: (u32, u32, u32),
+        a: Value<'c, 'b>,
+        b: Value<'c, 'b>,
+        acc: Value<'c, 'b>,
+    ) -> Result<Value<'c, 'b>, IrError> {
+        self.mfma_op(shape, a, b, acc, true)
+    }
+
+    fn mfma_op(
+        &self,
+        shape: (u32, u32, u32),
+        a: Value<'c, 'b>,
+        b: Value<'c, 'b>,
+        acc: Value<'c, 'b>,
+        reduce_precision: bool,
+    ) -> Result<Value<'c, 'b>, IrError> {
         let i32t = self.int(32);
         let int = |v: u32| -> Attribute<'c> { IntegerAttribute::new(i32t, i64::from(v)).into() };
-        self.op1(
-            "amdgpu.mfma",
-            &[a, b, acc],
-            acc.r#type(),
-            &[
-                ("m", int(shape.0)),
-                ("n", int(shape.1)),
-                ("k", int(shape.2)),
-                ("blocks", int(1)),
-                ("cbsz", int(0)),
-                ("abid", int(0)),
-                ("blgp", self.attr("#amdgpu<mfma_perm_b none>")?),
-            ],
-        )
+        let mut attrs = vec![
+            ("m", int(shape.0)),
+            ("n", int(shape.1)),
+            ("k", int(shape.2)),
+            ("blocks", int(1)),
+            ("cbsz", int(0)),
+            ("abid", int(0)),
+            ("blgp", self.attr("#amdgpu<mfma_perm_b none>")?),
+        ];
+        if reduce_precision {
+            attrs.push(("reducePrecision", Attribute::unit(self.ctx)));
+        }
+        self.op1("amdgpu.mfma", &[a, b, acc], acc.r#type(), &attrs)
     }
 
     /// `nvvm.mma.sync` m16n8k16 with bf16/f16 operands (A: 4 x i32, B: 2 x i32) and f32 accumulators;
