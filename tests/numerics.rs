@@ -246,15 +246,21 @@ fn the_matrix_passes_within_the_derived_bound() {
             for arch in [Arch::Gfx942, Arch::Gfx90a] {
                 for bias in [true, false] {
                     for x in [DType::Bf16, DType::F16] {
-                        // K = 384 spans three K iterations of 128 with a two-stage ring; N = 128 two workgroups.
+                        // K = 512 spans four K iterations of 128 with a two-stage ring; N = 128 is two
+                        // workgroups, so the planner splits K in two (two iterations each): the split-K protocol
+                        // is part of every case of this shape.
                         let runs: [((u32, u32), &[u32], Data); 3] = [
-                            ((128, 384), &[1, 7, 16, 33, 128], Data::Quantized),
-                            ((128, 384), &[33], Data::Adversarial),
+                            ((128, 512), &[1, 7, 16, 33, 128], Data::Quantized),
+                            ((128, 512), &[33], Data::Adversarial),
                             ((64, 256), &[7], Data::Quantized),
                         ];
                         let mut bundles: Vec<((u32, u32), Bundle)> = vec![];
                         for ((n, k), ms, data) in runs {
                             let spec = kernel(f, atom, n, k, x, bias);
+                            if k == 512 {
+                                let p = nibble_compiler::plan::plan(&spec, arch).expect("plans");
+                                assert_eq!(p.split_k, 2, "the main shape exercises split-K");
+                            }
                             if !bundles.iter().any(|(s, _)| *s == (n, k)) {
                                 bundles.push(((n, k), bundle(&spec, arch)));
                             }

@@ -64,11 +64,11 @@ fn mxfp4_16x16_plan_matches_hand_computation() {
         [
             GridDim::Const { value: 8 },
             GridDim::CeilDivM { divisor: 32 },
-            // 8 N tiles leave MI300X's 304 CUs idle: K is split over all 8 K iterations.
-            GridDim::Const { value: 8 }
+            // 8 N tiles leave MI300X's 304 CUs idle: K is split, keeping two of the 8 K iterations per split.
+            GridDim::Const { value: 4 }
         ]
     );
-    assert_eq!((p.split_k, p.iters_per_split), (8, 1));
+    assert_eq!((p.split_k, p.iters_per_split), (4, 2));
     let roles: Vec<_> = p.args.iter().map(|a| (a.role, a.offset, a.size)).collect();
     assert_eq!(
         roles,
@@ -157,6 +157,9 @@ fn split_k_fills_the_cus_only_for_decode_tiles_with_few_n_tiles() {
     assert_eq!(choose_split_k(224, 32, 16, Arch::Gfx942), 1);
     assert_eq!(choose_split_k(8, 32, 64, Arch::Gfx942), 1);
     assert_eq!(choose_split_k(8, 1, 16, Arch::Gfx942), 1);
+    // At least two K iterations per split: 8 tiles want 38 splits, 8 iterations allow 4, 3 iterations none.
+    assert_eq!(choose_split_k(8, 8, 16, Arch::Gfx942), 4);
+    assert_eq!(choose_split_k(8, 3, 16, Arch::Gfx942), 1);
     // MI250X has 110 CUs: 80 N tiles are enough there.
     assert_eq!(choose_split_k(80, 32, 16, Arch::Gfx90a), 1);
 }

@@ -44,6 +44,10 @@ pub struct ArchInfo {
     pub vendor: Vendor,
     /// Cycles a SIMD (SM sub-partition) spends issuing one wave-wide integer/logic instruction.
     pub valu_issue_cycles: f64,
+    /// Last-level cache that re-reads of weights and activations across tiles hit (vendor figures, assumed by the
+    /// cost model): capacity in MB and bandwidth in TB/s; 0 where the model does not use it.
+    pub llc_mb: f64,
+    pub llc_tb_s: f64,
 }
 
 const ATOMS: &[MmaAtom] = &[MmaAtom::M16N16K16, MmaAtom::M32N32K8];
@@ -65,6 +69,9 @@ pub const ARCHES: &[ArchInfo] = &[
         clock_ghz: 1.7,
         vendor: Vendor::Amd,
         valu_issue_cycles: 4.0,
+        // L2 per GCD: 8 MB, 16 channels x 128 bytes per clock.
+        llc_mb: 8.0,
+        llc_tb_s: 3.5,
     },
     ArchInfo {
         arch: Arch::Gfx942,
@@ -82,6 +89,9 @@ pub const ARCHES: &[ArchInfo] = &[
         clock_ghz: 2.1,
         vendor: Vendor::Amd,
         valu_issue_cycles: 4.0,
+        // AMD Infinity Cache (MALL): 256 MB, 17.2 TB/s peak.
+        llc_mb: 256.0,
+        llc_tb_s: 17.2,
     },
     // NVIDIA: a "SIMD" is an SM sub-partition (4 per SM, 16K 32-bit registers = 512 per lane slot, 16 warps); the
     // DSL's MFMA atoms map to m16n8k16 `mma.sync` (2 or 4 per atom); integer/logic instructions issue at 16 lanes per
@@ -102,6 +112,9 @@ pub const ARCHES: &[ArchInfo] = &[
         clock_ghz: 1.41,
         vendor: Vendor::Nvidia,
         valu_issue_cycles: 2.0,
+        // Not modelled on NVIDIA: its tilings were chosen by measurement on the H100.
+        llc_mb: 0.0,
+        llc_tb_s: 0.0,
     },
     ArchInfo {
         arch: Arch::Sm90,
@@ -119,6 +132,9 @@ pub const ARCHES: &[ArchInfo] = &[
         clock_ghz: 1.83,
         vendor: Vendor::Nvidia,
         valu_issue_cycles: 2.0,
+        // Not modelled on NVIDIA: its tilings were chosen by measurement on the H100.
+        llc_mb: 0.0,
+        llc_tb_s: 0.0,
     },
 ];
 

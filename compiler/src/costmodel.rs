@@ -8,9 +8,12 @@
 //!   per loop iteration) and the DSL's
 //!   register budget formula;
 //! - exact: bytes moved (weights, scales, activations, outputs), MFMA counts, LDS bytes, workgroup counts;
-//! - assumed (arch tables, not measured here): HBM bandwidth, clock, CU count, MFMA cycles; that VALU and MFMA of
-//!   different waves overlap on a SIMD; that weights are read from HBM once per M tile and activations hit in L2;
-//!   split-K partials cost one f32 write and one read per split.
+//! - assumed (arch tables, not measured here): HBM bandwidth, clock, CU count, MFMA cycles (xf32 at half the bf16
+//!   rate), last-level cache size and bandwidth; that VALU and MFMA of different waves overlap on a SIMD; that when
+//!   the working set fits the last-level cache (gfx942's 256 MB Infinity Cache) HBM sees every byte once and the
+//!   re-reads across tiles (weights per M tile, activations per N tile) come from that cache, and otherwise weights
+//!   are read from HBM once per M tile and activations hit in L2; split-K partials cost one f32 write and one read
+//!   per split.
 
 use serde::Serialize;
 
@@ -53,6 +56,13 @@ pub fn rooflines(spec: &KernelSpec, arch: Arch, m: u32) -> (f64, f64) {
 
 /// Estimated main-loop VALU instructions per weight element of a plan (see the module doc).
 pub fn estimated_valu_per_element(p: &Plan) -> f64 {
+    if p.dequant.xf32 {
+        // 3 to line up the bytes, 4 conversions, the group FMAs; per K iteration the f32 activation staging (one
+        // instruction per element) and about 8 for addresses and the loop counter.
+        let per_word = 7.0 + 2.0 * (2.0 * f64::from(p.atom.k())) / f64::from(p.format.group);
+        let staging = f64::from(p.tiling.tile_m * p.tiling.tile_k) / f64::from(p.threads.max(1));
+        return per_word / 8.0 + (8.0 + staging) / f64::from(p.elements_per_lane_iter.max(1));
+    }
     let per_word = match p.dequant.convert {
         Bf8Convert::Hardware => 15.0,
         Bf8Convert::ViaF16 => 23.0,
@@ -116,15 +126,44 @@ pub fn predict(
     } else {
         0.0
     };
-    let bytes = m_tiles as f64 * n * k * (0.5 + scale_bytes)
-        + f64::from(m) * k * 2.0
-        + f64::from(m) * n * 2.0
-        + split_bytes;
+    let weight_bytes = n * k * (0.5 + scale_bytes);
+    let x_bytes = f64::from(m) * k * 2.0;
+    let y_bytes = f64::from(m) * n * 2.0;
+    // Weights are re-read once per M tile and activations once per N tile. Where the re-read data fits the
+    // last-level cache (AMD's Infinity Cache), HBM sees each byte once and the re-reads come from the cache;
+    // elsewhere the weights come from HBM once per M tile and the activations are assumed to hit in L2.
+    let n_tiles = f64::from(spec.n / t.tile_n);
+    // The re-read data is the weights (per M tile) and a band of activation rows (per N tile): the model asks that
+    // the weights fit; the band of rows the resident workgroups share is small next to them.
+    let fits_llc = info.llc_tb_s > 0.0 && weight_bytes <= info.llc_mb * 1e6;
+    // Split-K partials are written and read back within microseconds: with such a cache they live there too.
+    let (bytes, llc_bytes) = if fits_llc && weight_bytes + split_bytes <= info.llc_mb * 1e6 {
+        (
+            weight_bytes + x_bytes + y_bytes,
+            (m_tiles as f64 - 1.0) * weight_bytes + (n_tiles - 1.0) * x_bytes + split_bytes,
+        )
+    } else if fits_llc {
+        (
+            weight_bytes + x_bytes + y_bytes + split_bytes,
+            (m_tiles as f64 - 1.0) * weight_bytes + (n_tiles - 1.0) * x_bytes,
+        )
+    } else {
+        (
+            m_tiles as f64 * weight_bytes + x_bytes + y_bytes + split_bytes,
+            0.0,
+        )
+    };
     // A CU streams about 1/CUs of the HBM bandwidth: with fewer workgroups in flight than CUs, only that fraction
     // of the bandwidth is drawn (which split-K is there to avoid).
     let concurrent = workgroups.min(u64::from(info.cus) * wgs_per_cu);
     let fraction = (concurrent as f64 / f64::from(info.cus)).min(1.0);
-    let memory_us = bytes / (info.hbm_tb_s * 1e12 * fraction) * 1e6;
+    let hbm_us = bytes / (info.hbm_tb_s * 1e12 * fraction) * 1e6;
+    let llc_us = if llc_bytes > 0.0 {
+        llc_bytes / (info.llc_tb_s * 1e12 * fraction) * 1e6
+    } else {
+        0.0
+    };
+    let memory_us = hbm_us.max(llc_us);
 
     let valu_per_element = measured.map_or_else(|| estimated_valu_per_element(&p), |(v, _)| v);
     // Per wave and K step of the whole problem: wave_n * K weight elements over the wave's lanes; a wave64 VALU op
@@ -141,7 +180,13 @@ pub fn predict(
             MmaAtom::M16N16K16 => info.mfma_cycles[0],
             MmaAtom::M32N32K8 => info.mfma_cycles[1],
         };
-        (f64::from(c), f64::from(t.mma.k()))
+        // xf32 16x16x8 takes as long as bf16 16x16x16 for half the K (xf32 peak is half the bf16 peak).
+        let k = if p.dequant.xf32 {
+            f64::from(t.mma.k()) / 2.0
+        } else {
+            f64::from(t.mma.k())
+        };
+        (f64::from(c), k)
     };
     let mfma_cycles_per_wave = f64::from(p.m_tiles * p.n_tiles) * (k_per_wg / atom_k) * atom_cycles;
     let waves = workgroups as f64 * f64::from(waves_per_wg);

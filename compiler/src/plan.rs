@@ -576,10 +576,11 @@ pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, arch: Arch) -> u3
             .find(|d| k_iters.is_multiple_of(*d))
             .unwrap_or(1);
     }
-    if tile_m > 32 || n_tiles == 0 || n_tiles >= cus / 2 || k_iters < 2 {
+    if tile_m > 32 || n_tiles == 0 || n_tiles >= cus / 2 || k_iters < 4 {
         return 1;
     }
-    let want = cus.div_ceil(n_tiles).min(k_iters);
+    // At least two K iterations per split, so the ring still overlaps the next tile's loads with the MFMAs.
+    let want = cus.div_ceil(n_tiles).min(k_iters / 2);
     (1..=want)
         .rev()
         .find(|d| k_iters.is_multiple_of(*d))
