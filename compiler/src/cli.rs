@@ -708,7 +708,7 @@ fn plan_cmd(
                 };
                 let _ = writeln!(
                     out,
-                    "  chosen: the first row, {bound}-bound; {} candidates considered ({} shown); ties go to lower VALU cost, then more waves and larger tiles",
+                    "  chosen: the first row, {bound}-bound; {} candidates considered ({} shown); ties go to less VALU time, then lower VALU cost per element, then more waves and larger tiles",
                     ranked.len(),
                     shown
                 );

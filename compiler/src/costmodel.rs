@@ -250,8 +250,8 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
     out
 }
 
-/// All feasible candidates' predictions for M, best first (ties broken by fewer padded rows of M, lower VALU cost,
-/// higher occupancy,
+/// All feasible candidates' predictions for M, best first (ties broken by fewer padded rows of M, less VALU time,
+/// lower VALU cost per element, higher occupancy,
 /// then more waves per workgroup and larger tiles, which hide latency in ways the model does not see; the order is
 /// deterministic). `measure` compiles each candidate (slower) to use measured VALU and registers.
 pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Prediction> {
@@ -270,10 +270,15 @@ pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Predict
         })
         .collect();
     let padding = |t: &Tiling| m.div_ceil(t.tile_m) * t.tile_m - m;
+    // The prediction assumes memory, VALU and MFMA overlap perfectly; real overlap is partial, so among equal
+    // predictions the plan that spends the least VALU time (the dequantization, which competes with address and
+    // loop work on the same SIMD) is safer. VALU time, not VALU per element: more M tiles per wave share each
+    // dequantized element.
     out.sort_by(|a, b| {
         a.predicted_us
             .total_cmp(&b.predicted_us)
             .then(padding(&a.tiling).cmp(&padding(&b.tiling)))
+            .then(a.valu_us.total_cmp(&b.valu_us))
             .then(a.valu_per_element.total_cmp(&b.valu_per_element))
             .then(b.occupancy.cmp(&a.occupancy))
             .then(key(&b.tiling).cmp(&key(&a.tiling)))

@@ -486,7 +486,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
 
     let dq_ty = e.vector(8, xt);
     let shape = (am, an, ak);
-    let results = e.for_loop(lb, ub, c(1)?, &inits, |l, kt, it| {
+    let results = e.for_loop_kept(lb, ub, c(1)?, &inits, |l, kt, it| {
         let mut accs = it;
         // Weights and scales are loaded at the top of the iteration and consumed once, straight from the loads'
         // destination registers: carrying them across iterations as loop values costs a register copy per

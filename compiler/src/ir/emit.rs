@@ -582,6 +582,46 @@ impl<'c, 'b> Emitter<'c, 'b> {
             Vec<Value<'c, 'b>>,
         ) -> Result<Vec<Value<'c, 'b>>, IrError>,
     {
+        self.for_loop_with(lb, ub, step, inits, false, body)
+    }
+
+    /// `for_loop` that LLVM must not unroll (`llvm.loop.unroll.disable` on its latch): the kernels' K loop, whose
+    /// body is already wide and software-pipelined, and which a short split-K trip count would otherwise turn into
+    /// straight-line code.
+    pub fn for_loop_kept<F>(
+        &self,
+        lb: Value<'c, 'b>,
+        ub: Value<'c, 'b>,
+        step: Value<'c, 'b>,
+        inits: &[Value<'c, 'b>],
+        body: F,
+    ) -> Result<Vec<Value<'c, 'b>>, IrError>
+    where
+        F: FnOnce(
+            Emitter<'c, 'b>,
+            Value<'c, 'b>,
+            Vec<Value<'c, 'b>>,
+        ) -> Result<Vec<Value<'c, 'b>>, IrError>,
+    {
+        self.for_loop_with(lb, ub, step, inits, true, body)
+    }
+
+    fn for_loop_with<F>(
+        &self,
+        lb: Value<'c, 'b>,
+        ub: Value<'c, 'b>,
+        step: Value<'c, 'b>,
+        inits: &[Value<'c, 'b>],
+        keep: bool,
+        body: F,
+    ) -> Result<Vec<Value<'c, 'b>>, IrError>
+    where
+        F: FnOnce(
+            Emitter<'c, 'b>,
+            Value<'c, 'b>,
+            Vec<Value<'c, 'b>>,
+        ) -> Result<Vec<Value<'c, 'b>>, IrError>,
+    {
         let mut args = vec![(self.index(), self.loc)];
         args.extend(inits.iter().map(|v| (v.r#type(), self.loc)));
         let block = Block::new(&args);
@@ -603,12 +643,19 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let mut operands = vec![lb, ub, step];
         operands.extend_from_slice(inits);
         let types: Vec<Type> = inits.iter().map(|v| v.r#type()).collect();
-        let op = OperationBuilder::new("scf.for", self.loc)
+        let mut builder = OperationBuilder::new("scf.for", self.loc)
             .add_operands(&operands)
             .add_results(&types)
-            .add_regions([region])
-            .build()
-            .map_err(|e| build_err("scf.for", e))?;
+            .add_regions([region]);
+        if keep {
+            // scf-to-cf carries the for's discardable attributes onto the latch branch, and the LLVM translation
+            // turns this one into the branch's loop metadata.
+            builder = builder.add_attributes(&[(
+                self.ident("loop_annotation"),
+                self.attr("#llvm.loop_annotation<unroll = <disable = true>>")?,
+            )]);
+        }
+        let op = builder.build().map_err(|e| build_err("scf.for", e))?;
         Ok(self.append(op))
     }
 
