@@ -468,3 +468,51 @@ fn gfx90a_flushes_denormal_weights_and_gfx942_keeps_them() {
         }
     }
 }
+
+/// Issue 6's static criteria for the plans `schedule auto` picks for the Llama-3-70B layers (docs/llama70b_auto.nib)
+/// at M = 1, 16, 256 and 4096 on both AMD targets: at full size no scratch and no spills; at reduced size (same
+/// tiling, one workgroup column, three K iterations) no LDS bank conflicts under the interpreter's model and results
+/// within the error bound of the reference.
+#[test]
+fn llama_plan_choices_have_no_spills_no_lds_bank_conflicts_and_pass() {
+    let mut rng = Rng(0x11A3A);
+    let src = std::fs::read_to_string("docs/llama70b_auto.nib").expect("readable");
+    let checked =
+        nibble_compiler::dsl::check_source("docs/llama70b_auto.nib", &src).expect("checks");
+    let mut seen = std::collections::BTreeSet::new();
+    for spec in &checked.kernels {
+        for &arch in &spec.targets {
+            for m in [1u32, 16, 256, 4096] {
+                let best = nibble_compiler::costmodel::rank(spec, arch, m, false);
+                let t = best.first().expect("a candidate fits").tiling;
+                if !seen.insert((spec.name.clone(), arch.name(), format!("{t:?}"))) {
+                    continue;
+                }
+                let what = format!("{} {} M={m} {t:?}", spec.name, arch.name());
+                let mut full = spec.clone();
+                full.schedule = nibble_compiler::spec::Schedule::Manual(t);
+                let out = nibble_compiler::driver::compile_kernel(&full, arch, &Default::default())
+                    .expect("compiles");
+                let report = nibble_compiler::inspect::inspect(&out.hsaco, None).expect("inspects");
+                let k = &report.kernels[0];
+                assert_eq!(
+                    (k.scratch_bytes, k.vgpr_spills, k.sgpr_spills),
+                    (0, 0, 0),
+                    "{what}: scratch or spills"
+                );
+                let mut small = full.clone();
+                small.n = t.tile_n;
+                small.k = t.tile_k * 3;
+                let b = bundle(&small, arch);
+                let inp = inputs(&small, t.tile_m + 3, Data::Quantized, &mut rng);
+                let r = run_interpreted(&b, &inp, &LaunchOptions::default()).expect("runs");
+                for (op, s) in &r.stats.lds_ops {
+                    assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
+                }
+                let c = check(&b, &small, &inp, &LaunchOptions::default(), |_| {});
+                assert_eq!(c.violations, 0, "{what}: {c:?}");
+            }
+        }
+    }
+    assert!(seen.len() >= 8, "{} distinct plans", seen.len());
+}
