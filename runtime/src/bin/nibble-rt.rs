@@ -60,6 +60,19 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The floor a kernel of a given size meets under `bench`'s method: times a plain streaming read (16-byte loads,
+    /// 8 blocks of 256 threads per SM, grid-stride) of each size with the same L2 flush and CUDA events.
+    Stream {
+        /// Sizes in MB (10^6 bytes) to read; 0 launches the read kernel on one 16-byte vector (the launch floor).
+        #[arg(long, value_delimiter = ',', default_value = "0,1,8,36,45,120,240")]
+        mb: Vec<f64>,
+        #[arg(long, default_value_t = 10)]
+        warmup: u32,
+        #[arg(long, default_value_t = 50)]
+        iters: u32,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 type Res<T> = Result<T, String>;
@@ -460,6 +473,48 @@ fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&P
     Ok(())
 }
 
+fn stream(sizes: &[f64], warmup: u32, iters: u32, json: Option<&Path>) -> Res<()> {
+    if let Some(bad) = sizes
+        .iter()
+        .find(|mb| !mb.is_finite() || **mb < 0.0 || **mb > 16_000.0)
+    {
+        return Err(format!("--mb {bad}: sizes are MB from 0 to 16000"));
+    }
+    let dev = open()?;
+    let stream = dev.stream().map_err(s)?;
+    let (e0, e1) = (dev.event().map_err(s)?, dev.event().map_err(s)?);
+    let flush = cuda::L2Flush::new(&dev, 256 << 20).map_err(s)?;
+    let mut rows_out = vec![];
+    for &mb in sizes {
+        let bytes = ((mb * 1e6) as usize / 16 * 16).max(16);
+        let read = cuda::L2Flush::new(&dev, bytes).map_err(s)?;
+        for _ in 0..warmup {
+            read.run(&stream).map_err(s)?;
+        }
+        let mut t = vec![];
+        for _ in 0..iters {
+            flush.run(&stream).map_err(s)?;
+            e0.record(&stream).map_err(s)?;
+            read.run(&stream).map_err(s)?;
+            e1.record(&stream).map_err(s)?;
+            e1.synchronize().map_err(s)?;
+            t.push(f64::from(e0.elapsed_ms(&e1).map_err(s)?) * 1000.0);
+        }
+        let min_us = t.iter().copied().fold(f64::INFINITY, f64::min);
+        let med = median(&mut t);
+        let tb_s = bytes as f64 / (med * 1e-6) / 1e12;
+        println!("read {mb} MB ({bytes} bytes): flushed median {med:.2} us (min {min_us:.2}), {tb_s:.2} TB/s");
+        rows_out.push(serde_json::json!({
+            "mb": mb, "bytes": bytes, "median_us": med, "min_us": min_us, "tb_s": tb_s,
+        }));
+    }
+    if let Some(j) = json {
+        std::fs::write(j, serde_json::to_string_pretty(&rows_out).map_err(s)?)
+            .map_err(|e| format!("{}: {e}", j.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -492,6 +547,12 @@ fn main() -> ExitCode {
             iters,
             json,
         } => bench(&manifests, &m, warmup, iters, json.as_deref()),
+        Cmd::Stream {
+            mb,
+            warmup,
+            iters,
+            json,
+        } => stream(&mb, warmup, iters, json.as_deref()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
