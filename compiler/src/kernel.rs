@@ -10,7 +10,10 @@ use melior::ir::{
     Block, BlockLike, Location, Module, Region, RegionLike, Type, Value,
 };
 
-use crate::ir::{emit::Cmp, Emitter, IrError};
+use crate::ir::{
+    emit::{Cmp, Unroll},
+    Emitter, IrError,
+};
 use crate::plan::Plan;
 use crate::spec::{DType, MmaAtom};
 use crate::{dequant, ir};
@@ -486,7 +489,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
 
     let dq_ty = e.vector(8, xt);
     let shape = (am, an, ak);
-    let results = e.for_loop_kept(lb, ub, c(1)?, &inits, |l, kt, it| {
+    let results = e.for_loop(lb, ub, c(1)?, &inits, Unroll::Disable, |l, kt, it| {
         let mut accs = it;
         // Weights and scales are loaded at the top of the iteration and consumed once, straight from the loads'
         // destination registers: carrying them across iterations as loop values costs a register copy per
@@ -529,7 +532,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                         let wo = i64::from(2 * step);
                         let av = l.shuffle(xv, xv, &[xo, xo + 1], f32t)?;
                         let bv = l.shuffle(b, b, &[wo, wo + 1], f32t)?;
-                        t = l.mfma_xf32((am, an, XF32_K), av, bv, t)?;
+                        t = l.mfma((am, an, XF32_K), av, bv, t)?;
                     }
                     temps[ns] = Some(t);
                     if flush {

@@ -11,7 +11,11 @@
 
 use melior::ir::Value;
 
-use crate::ir::{self, emit::Cmp, Emitter, IrError};
+use crate::ir::{
+    self,
+    emit::{Cmp, Unroll},
+    Emitter, IrError,
+};
 use crate::kernel::{
     build_gpu_func, dtype, finish_outputs, ring_step, ring_store, Args, BlockIds, SplitKRows,
     DEQUANT_FN,
@@ -277,7 +281,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let b = e.vbitcast(v, v1i)?;
         e.extract(b, 0, i32t)
     };
-    let results = e.for_loop(lb, ub, c(1)?, &inits, |l, kt, it| {
+    let results = e.for_loop(lb, ub, c(1)?, &inits, Unroll::Allow, |l, kt, it| {
         let mut accs = it[..acc_count].to_vec();
         let wcur = it[acc_count..acc_count + nw].to_vec();
         let scur = it[acc_count + nw..acc_count + per_stage].to_vec();

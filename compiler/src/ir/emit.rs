@@ -37,6 +37,14 @@ pub enum Cmp {
     Uge = 9,
 }
 
+/// Whether LLVM may unroll a loop. The kernels' K loop says `Disable` (AMD): its body is already wide and
+/// software-pipelined, and a short split-K trip count would otherwise become straight-line code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unroll {
+    Allow,
+    Disable,
+}
+
 /// Emits ops at the end of one block. Cheap to copy; nested regions get their own `Emitter`.
 #[derive(Clone, Copy)]
 pub struct Emitter<'c, 'b> {
@@ -465,7 +473,8 @@ impl<'c, 'b> Emitter<'c, 'b> {
         self.fat_buffer(v, valid_bytes)
     }
 
-    /// `amdgpu.mfma` with an `m x n x k` shape (one block), `acc += a * b`.
+    /// `amdgpu.mfma` with an `m x n x k` shape (one block), `acc += a * b`. f32 operands (`vector<2xf32>`) are read
+    /// as xf32 (`reducePrecision`: `v_mfma_f32_16x16x8_xf32` on gfx942); nibble never uses the full-f32 MFMAs.
     pub fn mfma(
         &self,
         shape: (u32, u32, u32),
@@ -473,28 +482,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
         b: Value<'c, 'b>,
         acc: Value<'c, 'b>,
     ) -> Result<Value<'c, 'b>, IrError> {
-        self.mfma_op(shape, a, b, acc, false)
-    }
-
-    /// `amdgpu.mfma` on f32 operands with `reducePrecision`: `v_mfma_f32_{16x16x8,32x32x4}_xf32` on gfx942.
-    pub fn mfma_xf32(
-        &self,
-        shape: (u32, u32, u32),
-        a: Value<'c, 'b>,
-        b: Value<'c, 'b>,
-        acc: Value<'c, 'b>,
-    ) -> Result<Value<'c, 'b>, IrError> {
-        self.mfma_op(shape, a, b, acc, true)
-    }
-
-    fn mfma_op(
-        &self,
-        shape: (u32, u32, u32),
-        a: Value<'c, 'b>,
-        b: Value<'c, 'b>,
-        acc: Value<'c, 'b>,
-        reduce_precision: bool,
-    ) -> Result<Value<'c, 'b>, IrError> {
+        let reduce_precision = a.r#type() == self.vector(2, self.f32());
         let i32t = self.int(32);
         let int = |v: u32| -> Attribute<'c> { IntegerAttribute::new(i32t, i64::from(v)).into() };
         let mut attrs = vec![
@@ -566,53 +554,14 @@ impl<'c, 'b> Emitter<'c, 'b> {
     // ---- structured control flow ----
 
     /// `scf.for %iv = lb to ub step step iter_args(inits)`; `body` gets the body emitter, the induction variable and
-    /// the iteration arguments and returns the values to yield.
+    /// the iteration arguments and returns the values to yield; `unroll` says whether LLVM may unroll the loop.
     pub fn for_loop<F>(
         &self,
         lb: Value<'c, 'b>,
         ub: Value<'c, 'b>,
         step: Value<'c, 'b>,
         inits: &[Value<'c, 'b>],
-        body: F,
-    ) -> Result<Vec<Value<'c, 'b>>, IrError>
-    where
-        F: FnOnce(
-            Emitter<'c, 'b>,
-            Value<'c, 'b>,
-            Vec<Value<'c, 'b>>,
-        ) -> Result<Vec<Value<'c, 'b>>, IrError>,
-    {
-        self.for_loop_with(lb, ub, step, inits, false, body)
-    }
-
-    /// `for_loop` that LLVM must not unroll (`llvm.loop.unroll.disable` on its latch): the kernels' K loop, whose
-    /// body is already wide and software-pipelined, and which a short split-K trip count would otherwise turn into
-    /// straight-line code.
-    pub fn for_loop_kept<F>(
-        &self,
-        lb: Value<'c, 'b>,
-        ub: Value<'c, 'b>,
-        step: Value<'c, 'b>,
-        inits: &[Value<'c, 'b>],
-        body: F,
-    ) -> Result<Vec<Value<'c, 'b>>, IrError>
-    where
-        F: FnOnce(
-            Emitter<'c, 'b>,
-            Value<'c, 'b>,
-            Vec<Value<'c, 'b>>,
-        ) -> Result<Vec<Value<'c, 'b>>, IrError>,
-    {
-        self.for_loop_with(lb, ub, step, inits, true, body)
-    }
-
-    fn for_loop_with<F>(
-        &self,
-        lb: Value<'c, 'b>,
-        ub: Value<'c, 'b>,
-        step: Value<'c, 'b>,
-        inits: &[Value<'c, 'b>],
-        keep: bool,
+        unroll: Unroll,
         body: F,
     ) -> Result<Vec<Value<'c, 'b>>, IrError>
     where
@@ -647,7 +596,7 @@ impl<'c, 'b> Emitter<'c, 'b> {
             .add_operands(&operands)
             .add_results(&types)
             .add_regions([region]);
-        if keep {
+        if unroll == Unroll::Disable {
             // scf-to-cf carries the for's discardable attributes onto the latch branch, and the LLVM translation
             // turns this one into the branch's loop metadata.
             builder = builder.add_attributes(&[(

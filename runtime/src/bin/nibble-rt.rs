@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use nibble_runtime::bundle::KernelBundle;
 use nibble_runtime::cuda::{self, CudaKernel, Device};
 use nibble_runtime::linear_cuda::KernelCase;
@@ -53,12 +53,8 @@ enum Cmd {
         manifests: Vec<PathBuf>,
         #[arg(long, value_delimiter = ',', default_value = "1,16,128,4096")]
         m: Vec<u32>,
-        #[arg(long, default_value_t = 10)]
-        warmup: u32,
-        #[arg(long, default_value_t = 50)]
-        iters: u32,
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        timing: Timing,
     },
     /// The floor a kernel of a given size meets under `bench`'s method: times a plain streaming read (16-byte loads,
     /// 8 blocks of 256 threads per SM, grid-stride) of each size with the same L2 flush and CUDA events.
@@ -66,13 +62,20 @@ enum Cmd {
         /// Sizes in MB (10^6 bytes) to read; 0 launches the read kernel on one 16-byte vector (the launch floor).
         #[arg(long, value_delimiter = ',', default_value = "0,1,8,36,45,120,240")]
         mb: Vec<f64>,
-        #[arg(long, default_value_t = 10)]
-        warmup: u32,
-        #[arg(long, default_value_t = 50)]
-        iters: u32,
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        timing: Timing,
     },
+}
+
+/// How `bench` and `stream` time: warmup launches, timed launches (median reported), optional JSON output.
+#[derive(Args)]
+struct Timing {
+    #[arg(long, default_value_t = 10)]
+    warmup: u32,
+    #[arg(long, default_value_t = 50)]
+    iters: u32,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 type Res<T> = Result<T, String>;
@@ -397,7 +400,43 @@ fn median(v: &mut [f64]) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&Path>) -> Res<()> {
+/// The flushed measurement both `bench` and `stream` report: `iters` times, the 256 MB flush, then `launch` alone
+/// between two events. Returns (median, min) in microseconds.
+fn time_flushed(
+    stream: &cuda::Stream,
+    flush: &cuda::L2Flush,
+    (e0, e1): (&cuda::Event, &cuda::Event),
+    iters: u32,
+    launch: &dyn Fn() -> Res<()>,
+) -> Res<(f64, f64)> {
+    let mut t = vec![];
+    for _ in 0..iters {
+        flush.run(stream).map_err(s)?;
+        e0.record(stream).map_err(s)?;
+        launch()?;
+        e1.record(stream).map_err(s)?;
+        e1.synchronize().map_err(s)?;
+        t.push(f64::from(e0.elapsed_ms(e1).map_err(s)?) * 1000.0);
+    }
+    let min_us = t.iter().copied().fold(f64::INFINITY, f64::min);
+    Ok((median(&mut t), min_us))
+}
+
+/// Writes `rows` as pretty JSON to `json`, if given.
+fn write_json(json: Option<&Path>, rows: &[serde_json::Value]) -> Res<()> {
+    if let Some(j) = json {
+        std::fs::write(j, serde_json::to_string_pretty(rows).map_err(s)?)
+            .map_err(|e| format!("{}: {e}", j.display()))?;
+    }
+    Ok(())
+}
+
+fn bench(paths: &[PathBuf], ms: &[u32], timing: &Timing) -> Res<()> {
+    let Timing {
+        warmup,
+        iters,
+        ref json,
+    } = *timing;
     let read = paths
         .iter()
         .map(|p| read_kernel(p))
@@ -439,17 +478,7 @@ fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&P
                 f64::from(e0.elapsed_ms(&e1).map_err(s)?) * 1000.0 / f64::from(iters.max(1));
             // (b) L2 flushed: a 256 MB read before each launch (clean lines, no write-back charged to the kernel),
             // only the launch timed.
-            let mut t = vec![];
-            for _ in 0..iters {
-                flush.run(&stream).map_err(s)?;
-                e0.record(&stream).map_err(s)?;
-                launch()?;
-                e1.record(&stream).map_err(s)?;
-                e1.synchronize().map_err(s)?;
-                t.push(f64::from(e0.elapsed_ms(&e1).map_err(s)?) * 1000.0);
-            }
-            let min_us = t.iter().copied().fold(f64::INFINITY, f64::min);
-            let med = median(&mut t);
+            let (med, min_us) = time_flushed(&stream, &flush, (&e0, &e1), iters, &launch)?;
             let bytes =
                 (pr.words.len() * 4 + pr.scales.size_bytes()) as u64 + u64::from(r) * (k + n) * 2;
             let nominal = n * k / 2 + n * k / 32;
@@ -466,14 +495,15 @@ fn bench(paths: &[PathBuf], ms: &[u32], warmup: u32, iters: u32, json: Option<&P
             }));
         }
     }
-    if let Some(j) = json {
-        std::fs::write(j, serde_json::to_string_pretty(&rows_out).map_err(s)?)
-            .map_err(|e| format!("{}: {e}", j.display()))?;
-    }
-    Ok(())
+    write_json(json.as_deref(), &rows_out)
 }
 
-fn stream(sizes: &[f64], warmup: u32, iters: u32, json: Option<&Path>) -> Res<()> {
+fn stream(sizes: &[f64], timing: &Timing) -> Res<()> {
+    let Timing {
+        warmup,
+        iters,
+        ref json,
+    } = *timing;
     if let Some(bad) = sizes
         .iter()
         .find(|mb| !mb.is_finite() || **mb < 0.0 || **mb > 16_000.0)
@@ -491,28 +521,15 @@ fn stream(sizes: &[f64], warmup: u32, iters: u32, json: Option<&Path>) -> Res<()
         for _ in 0..warmup {
             read.run(&stream).map_err(s)?;
         }
-        let mut t = vec![];
-        for _ in 0..iters {
-            flush.run(&stream).map_err(s)?;
-            e0.record(&stream).map_err(s)?;
-            read.run(&stream).map_err(s)?;
-            e1.record(&stream).map_err(s)?;
-            e1.synchronize().map_err(s)?;
-            t.push(f64::from(e0.elapsed_ms(&e1).map_err(s)?) * 1000.0);
-        }
-        let min_us = t.iter().copied().fold(f64::INFINITY, f64::min);
-        let med = median(&mut t);
+        let launch = || read.run(&stream).map_err(s);
+        let (med, min_us) = time_flushed(&stream, &flush, (&e0, &e1), iters, &launch)?;
         let tb_s = bytes as f64 / (med * 1e-6) / 1e12;
         println!("read {mb} MB ({bytes} bytes): flushed median {med:.2} us (min {min_us:.2}), {tb_s:.2} TB/s");
         rows_out.push(serde_json::json!({
             "mb": mb, "bytes": bytes, "median_us": med, "min_us": min_us, "tb_s": tb_s,
         }));
     }
-    if let Some(j) = json {
-        std::fs::write(j, serde_json::to_string_pretty(&rows_out).map_err(s)?)
-            .map_err(|e| format!("{}: {e}", j.display()))?;
-    }
-    Ok(())
+    write_json(json.as_deref(), &rows_out)
 }
 
 fn main() -> ExitCode {
@@ -543,16 +560,9 @@ fn main() -> ExitCode {
         Cmd::Bench {
             manifests,
             m,
-            warmup,
-            iters,
-            json,
-        } => bench(&manifests, &m, warmup, iters, json.as_deref()),
-        Cmd::Stream {
-            mb,
-            warmup,
-            iters,
-            json,
-        } => stream(&mb, warmup, iters, json.as_deref()),
+            timing,
+        } => bench(&manifests, &m, &timing),
+        Cmd::Stream { mb, timing } => stream(&mb, &timing),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
