@@ -516,3 +516,42 @@ fn llama_plan_choices_have_no_spills_no_lds_bank_conflicts_and_pass() {
     }
     assert!(seen.len() >= 8, "{} distinct plans", seen.len());
 }
+
+/// The xf32 route's variants beyond the decode examples: two waves along M (rows 16-31 of the swizzled f32 tile),
+/// a single LDS stage (the barrier-guarded ring path), and more threads than activation vectors (ragged staging).
+/// Each must take the route, pass the numerical comparison (with split-K where the planner splits) and keep the
+/// f32 tile free of bank conflicts.
+#[test]
+fn xf32_route_variants_pass() {
+    let mut rng = Rng(0x0F32_0F32);
+    let tilings = [
+        (32, 128, 128, 2, 2, 2),
+        (16, 128, 128, 1, 4, 1),
+        (16, 128, 128, 1, 8, 2),
+    ];
+    for (tile_m, tile_n, tile_k, waves_m, waves_n, stages) in tilings {
+        let mut spec = kernel(Fmt::Mxfp4, MmaAtom::M16N16K16, 256, 1024, DType::Bf16, true);
+        spec.schedule = Schedule::Manual(Tiling {
+            tile_m,
+            tile_n,
+            tile_k,
+            waves_m,
+            waves_n,
+            mma: MmaAtom::M16N16K16,
+            stages,
+        });
+        let what = format!("{tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n} stages {stages}");
+        let p = nibble_compiler::plan::plan(&spec, Arch::Gfx942).expect("plans");
+        assert!(p.dequant.xf32, "{what}: takes the xf32 route");
+        let b = bundle(&spec, Arch::Gfx942);
+        for m in [1, tile_m + 3] {
+            let inp = inputs(&spec, m, Data::Quantized, &mut rng);
+            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
+            assert_eq!(c.violations, 0, "{what} M={m}: {c:?}");
+            let r = run_interpreted(&b, &inp, &LaunchOptions::default()).expect("runs");
+            for (op, s) in &r.stats.lds_ops {
+                assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
+            }
+        }
+    }
+}
