@@ -163,3 +163,45 @@ fn split_k_fills_the_cus_only_for_decode_tiles_with_few_n_tiles() {
     // MI250X has 110 CUs: 80 N tiles are enough there.
     assert_eq!(choose_split_k(80, 32, 16, Arch::Gfx90a), 1);
 }
+
+#[test]
+fn xf32_swizzle_spreads_reads_and_staging_stores_over_all_banks() {
+    use nibble_compiler::plan::Plan;
+    // 16-byte chunks of a 256-f32 row; LDS has 32 banks of 4 bytes, so chunk p covers banks 4(p % 8)..+3 and 8
+    // chunks with distinct p % 8 cover all 32 once.
+    let banks = |chunks: &[u32]| {
+        let mut seen: Vec<u32> = chunks.iter().map(|p| p % 8).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    };
+    for chunk in 0..64u32 {
+        // A-operand reads: 8 consecutive lanes read one logical chunk of 8 consecutive rows.
+        for r0 in [0u32, 8] {
+            let phys: Vec<u32> = (r0..r0 + 8).map(|r| Plan::xf32_chunk(r, chunk)).collect();
+            assert_eq!(banks(&phys), 8, "reads of chunk {chunk}");
+            assert!(
+                phys.iter().all(|p| p / 8 == chunk / 8),
+                "stays in its 8-chunk block"
+            );
+        }
+    }
+    for row in 0..16u32 {
+        // Staging stores: 8 consecutive lanes write vectors j..j+8 of one row, as chunks 2j (then 2j + 1).
+        for j0 in (0..32u32).step_by(8) {
+            for h in 0..2 {
+                let phys: Vec<u32> = (j0..j0 + 8)
+                    .map(|j| Plan::xf32_chunk(row, 2 * j + h))
+                    .collect();
+                assert_eq!(
+                    banks(&phys),
+                    8,
+                    "stores of row {row} from vector {j0}, half {h}"
+                );
+            }
+        }
+    }
+    // Without the chunk-bit-3 term the stores would collide two by two.
+    let plain: Vec<u32> = (0..8u32).map(|j| (2 * j) ^ 3).collect();
+    assert_eq!(banks(&plain), 4);
+}

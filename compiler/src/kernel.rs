@@ -7,7 +7,7 @@ use melior::ir::{
     attribute::{DenseI32ArrayAttribute, IntegerAttribute},
     operation::{OperationBuilder, OperationLike, OperationMutLike},
     r#type::MemRefType,
-    Block, BlockLike, Location, Module, Region, RegionLike, Type, Value,
+    Block, BlockLike, Location, Module, Region, RegionLike, Type, Value, ValueLike,
 };
 
 use crate::ir::{
@@ -475,7 +475,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.barrier()?;
     }
     let acc_len = u64::from(am * an / 64);
-    let acc_ty = e.vector(acc_len, f32t);
     // Per-group accumulation's zero temporary and unit dequant scale (only built when used).
     let group_consts = if p.dequant.group_accumulate {
         Some((e.splat_f32(acc_len, 0.0)?, e.splat_f32(2, 1.0)?))
@@ -534,13 +533,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                         let bv = l.shuffle(b, b, &[wo, wo + 1], f32t)?;
                         t = l.mfma((am, an, XF32_K), av, bv, t)?;
                     }
-                    temps[ns] = Some(t);
                     if flush {
-                        if let Some(t) = temps[ns].take() {
-                            let s1 = l.extract(scur[ns], slot, f32t)?;
-                            let sv = l.broadcast(s1, acc_ty)?;
-                            accs[ns] = l.op1("math.fma", &[t, sv, accs[ns]], acc_ty, &[])?;
-                        }
+                        let s1 = l.extract(scur[ns], slot, f32t)?;
+                        accs[ns] = flush_group(&l, t, s1, accs[ns])?;
+                    } else {
+                        temps[ns] = Some(t);
                     }
                 }
             }
@@ -577,13 +574,12 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                     if let Some((zero_acc, _)) = group_consts {
                         let t0 = temps[i].unwrap_or(zero_acc);
                         let t1 = l.mfma(shape, a_lo[ms], b_lo, t0)?;
-                        temps[i] = Some(l.mfma(shape, a_hi[ms], b_hi, t1)?);
+                        let t = l.mfma(shape, a_hi[ms], b_hi, t1)?;
                         if flush {
-                            if let Some(t) = temps[i].take() {
-                                let s1 = l.extract(scale, 0, f32t)?;
-                                let sv = l.broadcast(s1, acc_ty)?;
-                                accs[i] = l.op1("math.fma", &[t, sv, accs[i]], acc_ty, &[])?;
-                            }
+                            let s1 = l.extract(scale, 0, f32t)?;
+                            accs[i] = flush_group(&l, t, s1, accs[i])?;
+                        } else {
+                            temps[i] = Some(t);
                         }
                     } else {
                         let acc = l.mfma(shape, a_lo[ms], b_lo, accs[i])?;
@@ -651,6 +647,18 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::All)?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
+}
+
+/// Per-group accumulation: `acc + temporary * scale`, one FMA per accumulator register (`v_pk_fma_f32` pairs).
+fn flush_group<'c, 'b>(
+    l: &Emitter<'c, 'b>,
+    temporary: Value<'c, 'b>,
+    scale: Value<'c, 'b>,
+    acc: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let ty = acc.r#type();
+    let sv = l.broadcast(scale, ty)?;
+    l.op1("math.fma", &[temporary, sv, acc], ty, &[])
 }
 
 /// K of the xf32 MFMA (`v_mfma_f32_16x16x8_xf32`: two f32 of A and of B per lane).
