@@ -212,6 +212,9 @@ pub fn predict(
     })
 }
 
+/// Weight words (8 elements) one lane dequantizes per K iteration, at most, in `schedule auto`'s candidates.
+pub const MAX_WORDS_PER_LANE_ITER: u32 = 32;
+
 /// The tilings `schedule auto` considers for a shape.
 pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
     let mut out = vec![];
@@ -231,6 +234,13 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
                             || !tile_m.is_multiple_of(waves_m * mma.m())
                             || !tile_n.is_multiple_of(waves_n * mma.n())
                         {
+                            continue;
+                        }
+                        // At most MAX_WORDS_PER_LANE_ITER weight words per lane and iteration: the loop body grows
+                        // with them (512 elements per lane made a 27 KB code object that took a second to
+                        // compile), and the instruction cache is shared by two CUs.
+                        let words = tile_n / waves_n * tile_k / (arch.info().wave_size * 8);
+                        if words > MAX_WORDS_PER_LANE_ITER {
                             continue;
                         }
                         out.push(Tiling {
