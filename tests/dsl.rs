@@ -677,3 +677,44 @@ fn huge_numbers_give_diagnostics_not_overflows() {
         assert!(!d.is_empty());
     }
 }
+
+#[test]
+fn cli_plan_explains_the_choice_and_names_the_route() {
+    let (code, out, err) = run_cli(&[
+        "plan",
+        "docs/llama70b_auto.nib",
+        "--m",
+        "16",
+        "--target",
+        "gfx942,gfx90a",
+        "--explain",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("kernel qkv on gfx942 at M=16: HBM roofline"),
+        "{out}"
+    );
+    assert!(out.contains("valu/e  route"), "{out}");
+    assert!(out.contains("chosen: the first row"), "{out}");
+    // The first row after each kernel's header is its choice: xf32 on gfx942, the bf16 route on gfx90a.
+    let first_rows: Vec<(&str, &str)> = out
+        .split("\nkernel ")
+        .filter_map(|block| {
+            let head = block.lines().next()?;
+            let row = block.lines().nth(2)?;
+            Some((head, row))
+        })
+        .collect();
+    assert_eq!(first_rows.len(), 8, "{out}");
+    for (head, row) in first_rows {
+        let want = if head.contains("on gfx942") {
+            "xf32"
+        } else {
+            "bf16"
+        };
+        assert!(row.trim_end().ends_with(want), "{head}: {row}");
+    }
+    let (code, out, err) = run_cli(&["plan", "bench/kernels/decode.nib", "--target", "sm_90"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("mma.sync"), "{out}");
+}

@@ -643,7 +643,7 @@ fn plan_cmd(
     let row = |p: &costmodel::Prediction| {
         let t = &p.tiling;
         format!(
-            "{:>3}x{:<3}x{:<3} w{}x{} {:<8} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}{}",
+            "{:>3}x{:<3}x{:<3} w{}x{} {:<8} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}",
             t.tile_m,
             t.tile_n,
             t.tile_k,
@@ -658,10 +658,13 @@ fn plan_cmd(
             p.mfma_us,
             p.predicted_us,
             p.valu_per_element,
+            p.route,
             if p.measured { " measured" } else { "" }
         )
+        .trim_end()
+        .to_string()
     };
-    let header = "tile         waves mma          wgs  occ rounds    mem us   valu us   mfma us  predict us   valu/e";
+    let header = "tile         waves mma          wgs  occ rounds    mem us   valu us   mfma us  predict us   valu/e  route";
     for k in &checked.kernels {
         let archs = if targets.is_empty() {
             k.targets.clone()

@@ -41,6 +41,9 @@ pub struct Prediction {
     pub valu_per_element: f64,
     /// Whether VALU/element and registers came from compiling the candidate.
     pub measured: bool,
+    /// The MMA operand route the plan takes: `xf32` (gfx942), the activation type (`bf16`, `f16`) on the other
+    /// AMD routes, `mma.sync` on NVIDIA.
+    pub route: &'static str,
 }
 
 /// Roofline times for reference: the HBM time of the FP4 kernel's bytes and of bf16 weights (4x the weight bytes).
@@ -209,6 +212,13 @@ pub fn predict(
         predicted_us,
         valu_per_element,
         measured: measured.is_some(),
+        route: if p.fragment.is_some() {
+            "mma.sync"
+        } else if p.dequant.xf32 {
+            "xf32"
+        } else {
+            p.x.name()
+        },
     })
 }
 
