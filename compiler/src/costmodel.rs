@@ -10,10 +10,10 @@
 //! - exact: bytes moved (weights, scales, activations, outputs), MFMA counts, LDS bytes, workgroup counts;
 //! - assumed (arch tables, not measured here): HBM bandwidth, clock, CU count, MFMA cycles (xf32 at half the bf16
 //!   rate), last-level cache size and bandwidth; that VALU and MFMA of different waves overlap on a SIMD; that when
-//!   the working set fits the last-level cache (gfx942's 256 MB Infinity Cache) HBM sees every byte once and the
+//!   the weights fit the last-level cache (gfx942's 256 MB Infinity Cache) HBM sees every byte once and the
 //!   re-reads across tiles (weights per M tile, activations per N tile) come from that cache, and otherwise weights
 //!   are read from HBM once per M tile and activations hit in L2; split-K partials cost one f32 write and one read
-//!   per split.
+//!   per split (from the cache when they fit it too).
 
 use serde::Serialize;
 
