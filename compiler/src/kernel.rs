@@ -460,20 +460,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         (c(0)?, c(p.k_iters)?, None)
     };
 
-    // Prologue: fill stages 0..stages-1 of the ring with this workgroup's first tiles.
-    let ring = t.stages.max(1);
-    for st in 0..ring.saturating_sub(1).min(p.iters_per_split) {
-        let kt = if bz.is_some() {
-            e.addi(lb, c(st)?)?
-        } else {
-            c(st)?
-        };
-        let vecs = load_x(e, kt)?;
-        store_x(e, c(st * p.lds_stage_elems)?, &vecs)?;
-    }
-    if ring > 1 {
-        e.barrier()?;
-    }
+    ring_fill(e, p, lb, bz.is_some(), &load_x, &store_x)?;
     let acc_len = u64::from(am * an / 64);
     // Per-group accumulation's zero temporary and unit dequant scale (only built when used).
     let group_consts = if p.dequant.group_accumulate {
@@ -871,6 +858,32 @@ pub(crate) type LoadX<'f, 'c, 'b> =
 /// Stores staged activation vectors into the LDS stage at the given element offset.
 pub(crate) type StoreX<'f, 'c, 'b> =
     dyn Fn(&Emitter<'c, 'b>, Value<'c, 'b>, &[Value<'c, 'b>]) -> Result<(), IrError> + 'f;
+
+/// The ring's prologue: stages 0..stages-1 filled with the workgroup's first tiles (from `lb` when K is split),
+/// then a barrier when there is a ring at all.
+pub(crate) fn ring_fill<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    lb: Value<'c, 'b>,
+    split: bool,
+    load_x: &LoadX<'_, 'c, 'b>,
+    store_x: &StoreX<'_, 'c, 'b>,
+) -> Result<(), IrError> {
+    let ring = p.tiling.stages.max(1);
+    for st in 0..ring.saturating_sub(1).min(p.iters_per_split) {
+        let kt = if split {
+            e.addi(lb, e.idx(i64::from(st))?)?
+        } else {
+            e.idx(i64::from(st))?
+        };
+        let vecs = load_x(e, kt)?;
+        store_x(e, e.idx(i64::from(st * p.lds_stage_elems))?, &vecs)?;
+    }
+    if ring > 1 {
+        e.barrier()?;
+    }
+    Ok(())
+}
 
 /// The activation ring inside one K iteration: where this iteration's tile sits (`sbase`), and the tile
 /// `ring - 1` iterations ahead loaded into registers (`Some`, stored by `ring_store` after the MMAs) — or, with a

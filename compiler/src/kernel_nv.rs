@@ -17,8 +17,8 @@ use crate::ir::{
     Emitter, IrError,
 };
 use crate::kernel::{
-    build_gpu_func, dtype, finish_outputs, ring_step, ring_store, Args, BlockIds, SplitKRows,
-    DEQUANT_FN,
+    build_gpu_func, dtype, finish_outputs, ring_fill, ring_step, ring_store, Args, BlockIds,
+    SplitKRows, DEQUANT_FN,
 };
 use crate::plan::{self, Plan, NV_ATOM_K, NV_ATOM_ROWS, NV_ATOM_TOKENS, NV_CHUNK_K};
 use crate::spec::DType;
@@ -257,18 +257,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     }
     let per_stage = nw + nsc;
 
-    for st in 0..ring.saturating_sub(1).min(p.iters_per_split) {
-        let kt = if bz.is_some() {
-            e.addi(lb, c(st)?)?
-        } else {
-            c(st)?
-        };
-        let vecs = load_x(e, kt)?;
-        store_x(e, c(st * p.lds_stage_elems)?, &vecs)?;
-    }
-    if ring > 1 {
-        e.barrier()?;
-    }
+    ring_fill(e, p, lb, bz.is_some(), &load_x, &store_x)?;
 
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
