@@ -40,6 +40,7 @@ pub fn spec(
             tile_k: 256,
             waves_m: 1,
             waves_n: 2,
+            waves_k: 1,
             mma,
             stages: 2,
         }),

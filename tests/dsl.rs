@@ -172,6 +172,7 @@ fn separators_are_newlines_semicolons_or_nothing() {
             tile_k: 128,
             waves_m: 1,
             waves_n: 4,
+            waves_k: 1,
             mma: MmaAtom::M16N16K16,
             stages: 1
         })
@@ -248,6 +249,7 @@ fn tiling(m: u32, n: u32, k: u32, wm: u32, wn: u32, mma: MmaAtom, stages: u32) -
         tile_k: k,
         waves_m: wm,
         waves_n: wn,
+        waves_k: 1,
         mma,
         stages,
     }

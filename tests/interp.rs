@@ -824,6 +824,7 @@ mod real {
                 tile_k: 256,
                 waves_m: 1,
                 waves_n: 4,
+                waves_k: 1,
                 mma: atom,
                 stages,
             }),

@@ -88,6 +88,7 @@ fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> Kernel
             tile_k: 128,
             waves_m: 1,
             waves_n: 2,
+            waves_k: 1,
             mma: atom,
             stages: 2,
         }),
@@ -537,6 +538,7 @@ fn xf32_route_variants_pass() {
             tile_k,
             waves_m,
             waves_n,
+            waves_k: 1,
             mma: MmaAtom::M16N16K16,
             stages,
         });
@@ -552,6 +554,78 @@ fn xf32_route_variants_pass() {
             for (op, s) in &r.stats.lds_ops {
                 assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
             }
+        }
+    }
+}
+
+/// In-workgroup split-K (`waves k=`): wave groups take K slices of every tile and are summed through LDS before
+/// the epilogue. Variants: the xf32 route with cross-workgroup split-K on top (N = 256 gives 4 N tiles, so the
+/// planner also splits over the grid), a single LDS stage, two MFMA tiles along M (bf16 route), the 32x32x8 atom
+/// with four slices, and NVFP4 (16-element groups, tensor scale) with bias. Each passes the reference on both archs
+/// at M = 1 and a ragged M, and keeps every LDS op (the reduction's included) free of bank conflicts. Negative
+/// control: running only wave group 0 (the block cut to its threads) drops the other slices' products and must fail
+/// the comparison.
+#[test]
+fn k_wave_variants_pass_and_a_missing_slice_is_detected() {
+    let mut rng = Rng(0x0C0F_FEE5);
+    // (format, tile m, n, k, waves m, n, k, atom, stages)
+    let tilings = [
+        (Fmt::Mxfp4, 16, 64, 256, 1, 1, 2, MmaAtom::M16N16K16, 2),
+        (Fmt::Mxfp4, 16, 128, 256, 1, 2, 2, MmaAtom::M16N16K16, 1),
+        (Fmt::Mxfp4, 32, 64, 256, 1, 2, 2, MmaAtom::M16N16K16, 2),
+        (Fmt::Mxfp4, 32, 64, 512, 1, 1, 4, MmaAtom::M32N32K8, 1),
+        (Fmt::Nvfp4, 16, 64, 256, 1, 2, 2, MmaAtom::M16N16K16, 2),
+    ];
+    for (fmt, tile_m, tile_n, tile_k, waves_m, waves_n, waves_k, mma, stages) in tilings {
+        let mut spec = kernel(fmt, mma, 256, 1024, DType::Bf16, true);
+        spec.schedule = Schedule::Manual(Tiling {
+            tile_m,
+            tile_n,
+            tile_k,
+            waves_m,
+            waves_n,
+            waves_k,
+            mma,
+            stages,
+        });
+        for arch in [Arch::Gfx942, Arch::Gfx90a] {
+            let what = format!(
+                "{fmt:?} {tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n}x{waves_k} {} stages {stages} on {}",
+                mma.name(),
+                arch.name()
+            );
+            let p = nibble_compiler::plan::plan(&spec, arch).expect("plans");
+            assert_eq!(p.k_slice, tile_k / waves_k, "{what}");
+            let b = bundle(&spec, arch);
+            for m in [1, tile_m + 3] {
+                let inp = inputs(&spec, m, Data::Quantized, &mut rng);
+                let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
+                assert_eq!(c.violations, 0, "{what} M={m}: {c:?}");
+                let r = run_interpreted(&b, &inp, &LaunchOptions::default()).expect("runs");
+                for (op, s) in &r.stats.lds_ops {
+                    assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
+                }
+            }
+            // Negative control: only wave group 0 runs (the launch and the kernel's known block size both cut).
+            let mut cut = bundle(&spec, arch);
+            let full = cut.manifest.launch.block[0];
+            cut.manifest.launch.block[0] = full / waves_k;
+            let known = format!("known_block_size = array<i32: {full}, 1, 1>");
+            assert!(cut.kernel_ir.contains(&known), "{what}: {known}");
+            cut.kernel_ir = cut.kernel_ir.replace(
+                &known,
+                &format!("known_block_size = array<i32: {}, 1, 1>", full / waves_k),
+            );
+            let inp = inputs(&spec, tile_m, Data::Quantized, &mut rng);
+            // Either the comparison fails or the interpreter stops on what the missing waves left unwritten (the
+            // xf32 MFMA rejects the NaN pattern of LDS nobody staged).
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check(&cut, &spec, &inp, &LaunchOptions::default(), |_| {}).violations
+            }));
+            assert!(
+                caught.map_or(true, |v| v > 0),
+                "{what}: a missing K slice went undetected"
+            );
         }
     }
 }

@@ -32,6 +32,7 @@ fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, ts: bool, mma: MmaAto
             tile_k: 256,
             waves_m: 1,
             waves_n: 4,
+            waves_k: 1,
             mma,
             stages: 2,
         }),
@@ -150,18 +151,23 @@ fn an_arch_outside_the_targets_is_refused() {
 fn split_k_fills_the_cus_only_for_decode_tiles_with_few_n_tiles() {
     use nibble_compiler::plan::choose_split_k;
     // Llama-3-70B QKV decode on MI300X: 80 N tiles of 128, 32 K iterations: 4 splits reach 320 workgroups.
-    assert_eq!(choose_split_k(80, 32, 16, Arch::Gfx942), 4);
+    assert_eq!(choose_split_k(80, 32, 16, 1, Arch::Gfx942), 4);
     // The divisor rule: 128 tiles want 3 splits, 32 iterations allow 2.
-    assert_eq!(choose_split_k(128, 32, 16, Arch::Gfx942), 2);
+    assert_eq!(choose_split_k(128, 32, 16, 1, Arch::Gfx942), 2);
     // Enough N tiles already (224 >= 152), or a prefill tile, or a single K iteration: no split.
-    assert_eq!(choose_split_k(224, 32, 16, Arch::Gfx942), 1);
-    assert_eq!(choose_split_k(8, 32, 64, Arch::Gfx942), 1);
-    assert_eq!(choose_split_k(8, 1, 16, Arch::Gfx942), 1);
+    assert_eq!(choose_split_k(224, 32, 16, 1, Arch::Gfx942), 1);
+    assert_eq!(choose_split_k(8, 32, 64, 1, Arch::Gfx942), 1);
+    assert_eq!(choose_split_k(8, 1, 16, 1, Arch::Gfx942), 1);
     // At least two K iterations per split: 8 tiles want 38 splits, 8 iterations allow 4, 3 iterations none.
-    assert_eq!(choose_split_k(8, 8, 16, Arch::Gfx942), 4);
-    assert_eq!(choose_split_k(8, 3, 16, Arch::Gfx942), 1);
+    assert_eq!(choose_split_k(8, 8, 16, 1, Arch::Gfx942), 4);
+    assert_eq!(choose_split_k(8, 3, 16, 1, Arch::Gfx942), 1);
     // MI250X has 110 CUs: 80 N tiles are enough there.
-    assert_eq!(choose_split_k(80, 32, 16, Arch::Gfx90a), 1);
+    assert_eq!(choose_split_k(80, 32, 16, 1, Arch::Gfx90a), 1);
+    // H100 (132 SMs, 4 blocks per SM): 64 tiles of 8192x8192 split 8 ways; with 4 warps along K a block already
+    // carries 4 slices, so 132 blocks are the aim: 256 tiles need no split, 128 tiles split in 2.
+    assert_eq!(choose_split_k(64, 32, 16, 1, Arch::Sm90), 8);
+    assert_eq!(choose_split_k(256, 16, 16, 4, Arch::Sm90), 1);
+    assert_eq!(choose_split_k(128, 16, 16, 4, Arch::Sm90), 2);
 }
 
 #[test]

@@ -503,13 +503,12 @@ fn tune_cmd(
                 .ok_or("no timed runs")?;
             let _ = writeln!(
                 stdout,
-                "{}: {}x{}x{} waves {}x{} {}: predicted {:.1} us, measured {us:.1} us",
+                "{}: {}x{}x{} waves {} {}: predicted {:.1} us, measured {us:.1} us",
                 k.name,
                 p.tiling.tile_m,
                 p.tiling.tile_n,
                 p.tiling.tile_k,
-                p.tiling.waves_m,
-                p.tiling.waves_n,
+                p.tiling.waves_name(),
                 p.tiling.mma.name(),
                 p.predicted_us
             );
@@ -643,12 +642,11 @@ fn plan_cmd(
     let row = |p: &costmodel::Prediction| {
         let t = &p.tiling;
         format!(
-            "{:>3}x{:<3}x{:<3} w{}x{} {:<8} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}",
+            "{:>3}x{:<3}x{:<3} w{} {:<8} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}",
             t.tile_m,
             t.tile_n,
             t.tile_k,
-            t.waves_m,
-            t.waves_n,
+            t.waves_name(),
             t.mma.name(),
             p.workgroups,
             p.occupancy,

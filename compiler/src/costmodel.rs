@@ -105,7 +105,7 @@ pub fn predict(
     if !budget::lds_fits(&t, info) || !budget::vgprs_fit(&t, spec.format.group, info) {
         return None;
     }
-    let waves_per_wg = t.waves_m * t.waves_n;
+    let waves_per_wg = t.waves_m * t.waves_n * t.waves_k;
     let vgprs = measured.map_or(
         budget::vgprs(&t, spec.format.group).total() as u32,
         |(_, v)| v,
@@ -170,8 +170,9 @@ pub fn predict(
 
     let valu_per_element = measured.map_or_else(|| estimated_valu_per_element(&p), |(v, _)| v);
     // Per wave and K step of the whole problem: wave_n * K weight elements over the wave's lanes; a wave64 VALU op
-    // issues in 4 cycles on a 16-wide SIMD, a warp's integer op in 2 on an SM sub-partition.
-    let k_per_wg = k / f64::from(p.split_k);
+    // issues in 4 cycles on a 16-wide SIMD, a warp's integer op in 2 on an SM sub-partition. Waves along K split
+    // each workgroup's K range.
+    let k_per_wg = k / f64::from(p.split_k) / f64::from(t.waves_k);
     let lanes = f64::from(info.wave_size);
     let valu_cycles_per_wave =
         valu_per_element * f64::from(p.wave_n) * k_per_wg / lanes * info.valu_issue_cycles;
@@ -259,6 +260,7 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
                             tile_k,
                             waves_m,
                             waves_n,
+                            waves_k: 1,
                             mma,
                             stages: 2,
                         });

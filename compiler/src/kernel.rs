@@ -242,7 +242,7 @@ fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
         p,
         e.f32(),
         u64::from(p.n) * u64::from(p.k / p.format.group),
-        u64::from(p.tiling.stages * p.lds_stage_elems),
+        u64::from(p.lds_elems),
         |e, a| body(e, p, a),
     )
 }
@@ -273,6 +273,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let by = e.block_id('y')?;
     let wave = e.divui(tid, c(64)?)?;
     let lane = e.remui(tid, c(64)?)?;
+    let KWave { kw, wave } = k_wave(e, p, wave)?;
     let wm = e.divui(wave, c(t.waves_n)?)?;
     let wn = e.remui(wave, c(t.waves_n)?)?;
     let lane_m = e.remui(lane, c(am)?)?;
@@ -382,7 +383,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let r = e.addi(r, lane_m)?;
         let ro = e.muli(r, c(p.lds_row)?)?;
         let q8 = e.muli(lane_q, c(8)?)?;
-        a_off.push(e.addi(ro, q8)?);
+        a_off.push(slice_offset(e, kw, e.addi(ro, q8)?, p.k_slice)?);
     }
 
     // xf32: the lane's 8 f32 of a pair are two swizzled chunks, 2q and 2q + 1 of the pair's 8; which XOR applies
@@ -400,7 +401,9 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let chunk = e.addi(q2, c(8 * parity + h)?)?;
                 let phys = swizzled_chunk(e, r, chunk)?;
                 let phys = e.subi(phys, c(8 * parity)?)?;
-                by_parity.push(e.addi(ro, e.muli(phys, c(4)?)?)?);
+                // Slices are whole multiples of 16 chunks, which the swizzle leaves in place.
+                let off = e.addi(ro, e.muli(phys, c(4)?)?)?;
+                by_parity.push(slice_offset(e, kw, off, p.k_slice)?);
             }
             a_off_f32.push(by_parity);
         }
@@ -420,12 +423,15 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let nt = e.divui(col0, c(an)?)?;
         let wbase = e.muli(nt, c(chunks_per_row * 64)?)?;
         let wbase = e.addi(wbase, lane)?;
-        w_base.push(e.muli(wbase, c(p.weight_layout.words_per_lane)?)?);
+        let wbase = e.muli(wbase, c(p.weight_layout.words_per_lane)?)?;
+        let slice_words = p.wchunks_per_iter * 64 * p.weight_layout.words_per_lane;
+        w_base.push(slice_offset(e, kw, wbase, slice_words)?);
         let col = e.addi(col0, lane_n)?;
         let sbase = e.muli(col, c(p.k / p.format.group)?)?;
         let q8 = e.muli(lane_qn, c(8)?)?;
         let goff = e.divui(q8, c(p.format.group)?)?;
-        s_base.push(e.addi(sbase, goff)?);
+        let sbase = e.addi(sbase, goff)?;
+        s_base.push(slice_offset(e, kw, sbase, p.k_slice / p.format.group)?);
     }
     let wvec = e.vector(4, i32t);
     let svec = e.vector(u64::from(p.scales_per_iter), f32t);
@@ -433,7 +439,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let mut out = vec![];
         let chunk0 = e.muli(
             kt,
-            c(p.wchunks_per_iter * 64 * p.weight_layout.words_per_lane)?,
+            c(p.wchunks_per_iter * t.waves_k * 64 * p.weight_layout.words_per_lane)?,
         )?;
         let wb = window(e, a.w, chunk0, 4, wbytes)?;
         for base in &w_base {
@@ -445,7 +451,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         Ok(out)
     };
     let load_s = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
-        let off = e.muli(kt, c(p.scales_per_iter)?)?;
+        let off = e.muli(kt, c(t.tile_k / p.format.group)?)?;
         let sb = window(e, a.s, off, 4, sbytes)?;
         s_base.iter().map(|base| e.vload(sb, *base, svec)).collect()
     };
@@ -579,6 +585,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         Ok(accs)
     })?;
 
+    let results = reduce_k_waves(e, p, a, &KWave { kw, wave }, lane, &results, acc_len as u32)?;
+
     // Epilogue: accumulator register r of lane l holds row/col per the MFMA output layout.
     let mut outputs = vec![]; // (row, col, accumulator value, bias of the column)
     for ms in 0..p.m_tiles {
@@ -631,9 +639,146 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.store(o, yb, idx)
     };
     let ids = bz.map(|bz| BlockIds { tid, bx, by, bz });
-    finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::All)?;
+    let owner = owner(e, kw)?;
+    finish_outputs(
+        e,
+        p,
+        a,
+        ids,
+        m_idx,
+        &outputs,
+        &finish,
+        SplitKRows::All,
+        owner,
+    )?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
+}
+
+/// A wave's place along K: its wave group `kw` (None when the plan has one, `waves_k` = 1) and its index
+/// `wave` inside the group, which the M/N layout uses.
+pub(crate) struct KWave<'c, 'b> {
+    pub kw: Option<Value<'c, 'b>>,
+    pub wave: Value<'c, 'b>,
+}
+
+pub(crate) fn k_wave<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    wave: Value<'c, 'b>,
+) -> Result<KWave<'c, 'b>, IrError> {
+    if p.tiling.waves_k == 1 {
+        return Ok(KWave { kw: None, wave });
+    }
+    let per_group = e.idx(i64::from(p.tiling.waves_m * p.tiling.waves_n))?;
+    Ok(KWave {
+        kw: Some(e.divui(wave, per_group)?),
+        wave: e.remui(wave, per_group)?,
+    })
+}
+
+/// `base + kw * stride`: a per-wave offset moved to the wave group's K slice (unchanged without waves along K).
+pub(crate) fn slice_offset<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    kw: Option<Value<'c, 'b>>,
+    base: Value<'c, 'b>,
+    stride: u32,
+) -> Result<Value<'c, 'b>, IrError> {
+    match kw {
+        None => Ok(base),
+        Some(kw) => {
+            let off = e.muli(kw, e.idx(i64::from(stride))?)?;
+            e.addi(base, off)
+        }
+    }
+}
+
+/// Whether this wave writes the outputs: with waves along K only group 0, which holds the reduced sums.
+pub(crate) fn owner<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    kw: Option<Value<'c, 'b>>,
+) -> Result<Option<Value<'c, 'b>>, IrError> {
+    kw.map(|kw| e.cmpi(Cmp::Eq, kw, e.idx(0)?)).transpose()
+}
+
+/// In-workgroup split-K: after the K loop every wave group but the first parks its accumulators in the workgroup
+/// buffer (free once every wave is past the loop), and group 0's waves add them in group order, so the sum does
+/// not depend on timing. Slot `((kw - 1) * waves_mn + wave) * values + i` holds value `i` of one wave, lane-major
+/// (`lanes * width` f32 per slot, a lane's `width` f32 contiguous). Every wave runs the loads and adds (group 0's
+/// are the ones used): no divergent branch around the barrier-free part. `width`: f32 per accumulator value (1
+/// for NVIDIA's scalars, the MFMA output vector on AMD). Returns `accs` unchanged without waves along K.
+pub(crate) fn reduce_k_waves<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    a: &Args<'c, 'b>,
+    &KWave { kw, wave }: &KWave<'c, 'b>,
+    lane: Value<'c, 'b>,
+    accs: &[Value<'c, 'b>],
+    width: u32,
+) -> Result<Vec<Value<'c, 'b>>, IrError> {
+    let Some(kw) = kw else {
+        return Ok(accs.to_vec());
+    };
+    let t = &p.tiling;
+    let f32t = e.f32();
+    let lanes = p.arch.info().wave_size;
+    let c = |v: u32| e.idx(i64::from(v));
+    // The buffer holds activations (bf16/f16) or, on the xf32 route, f32: f32 values go in as 16-bit pairs.
+    let (lt, per_f32) = if p.dequant.xf32 {
+        (f32t, 1)
+    } else {
+        (dtype(e, p.x), 2)
+    };
+    let stored = e.vector(u64::from(width * per_f32), lt);
+    let as_f32 = e.vector(u64::from(width), f32t);
+    let waves_mn = t.waves_m * t.waves_n;
+    let values = accs.len() as u32;
+    let slot_base = |e: &Emitter<'c, 'b>, group: Value<'c, 'b>, i: u32| {
+        let s = e.muli(group, c(waves_mn)?)?;
+        let s = e.addi(s, wave)?;
+        let s = e.muli(s, c(values)?)?;
+        let s = e.addi(s, c(i)?)?;
+        let s = e.muli(s, c(lanes * width * per_f32)?)?;
+        e.addi(s, e.muli(lane, c(width * per_f32)?)?)
+    };
+    e.barrier()?;
+    let parked = e.cmpi(Cmp::Ne, kw, c(0)?)?;
+    e.if_then(parked, |e| {
+        let group = e.subi(kw, e.idx(1)?)?;
+        for (i, v) in accs.iter().enumerate() {
+            let v = if width == 1 {
+                e.broadcast(*v, as_f32)?
+            } else {
+                *v
+            };
+            let v = if per_f32 == 1 {
+                v
+            } else {
+                e.vbitcast(v, stored)?
+            };
+            e.vstore(v, a.lds, slot_base(&e, group, i as u32)?)?;
+        }
+        Ok(())
+    })?;
+    e.barrier()?;
+    let mut out = accs.to_vec();
+    for g in 0..t.waves_k - 1 {
+        for (i, acc) in out.iter_mut().enumerate() {
+            let v = e.vload(a.lds, slot_base(e, c(g)?, i as u32)?, stored)?;
+            let v = if per_f32 == 1 {
+                v
+            } else {
+                e.vbitcast(v, as_f32)?
+            };
+            let v = if width == 1 {
+                e.extract(v, 0, f32t)?
+            } else {
+                v
+            };
+            *acc = e.addf(*acc, v)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Per-group accumulation: `acc + temporary * scale`, one FMA per accumulator register (`v_pk_fma_f32` pairs).
@@ -705,6 +850,7 @@ pub(crate) fn split_k_epilogue<'c, 'b, F>(
     outputs: &[Output<'c, 'b>],
     finish: &F,
     rows: SplitKRows,
+    owner: Option<Value<'c, 'b>>,
 ) -> Result<(), IrError>
 where
     F: Fn(
@@ -746,12 +892,15 @@ where
             }
         }
     };
-    for (row, col, v, _) in outputs {
-        for_row(e, *row, &|e| {
-            let idx = ws_index(e, bz, *row, *col)?;
-            e.store(*v, ws, idx)
-        })?;
-    }
+    owned(e, owner, |e| {
+        for (row, col, v, _) in outputs {
+            for_row(e, *row, &|e| {
+                let idx = ws_index(e, bz, *row, *col)?;
+                e.store(*v, ws, idx)
+            })?;
+        }
+        Ok(())
+    })?;
     e.barrier()?;
     let scope = if p.arch.is_nvidia() {
         "device"
@@ -828,23 +977,26 @@ where
         if !single_fence {
             fence(&e, 4)?;
         }
-        for (row, col, _, bias) in outputs {
-            for_row(&e, *row, &|e| {
-                let mut sum = None;
-                for sp in 0..p.split_k {
-                    let idx = ws_index(e, c(sp)?, *row, *col)?;
-                    let part = e.load(ws, idx, f32t)?;
-                    sum = Some(match sum {
-                        None => part,
-                        Some(acc) => e.addf(acc, part)?,
-                    });
-                }
-                match sum {
-                    Some(v) => finish(e, *row, *col, v, *bias),
-                    None => Ok(()),
-                }
-            })?;
-        }
+        owned(&e, owner, |e| {
+            for (row, col, _, bias) in outputs {
+                for_row(e, *row, &|e| {
+                    let mut sum = None;
+                    for sp in 0..p.split_k {
+                        let idx = ws_index(e, c(sp)?, *row, *col)?;
+                        let part = e.load(ws, idx, f32t)?;
+                        sum = Some(match sum {
+                            None => part,
+                            Some(acc) => e.addf(acc, part)?,
+                        });
+                    }
+                    match sum {
+                        Some(v) => finish(e, *row, *col, v, *bias),
+                        None => Ok(()),
+                    }
+                })?;
+            }
+            Ok(())
+        })?;
         let zero_i = e.i32c(0)?;
         // A fresh comparison: an i1 carried into another branch's block trips AMDGPU's control-flow annotation.
         let first = e.cmpi(Cmp::Eq, tid, e.idx(0)?)?;
@@ -953,6 +1105,7 @@ pub(crate) fn finish_outputs<'c, 'b, F>(
     outputs: &[Output<'c, 'b>],
     finish: &F,
     rows: SplitKRows,
+    owner: Option<Value<'c, 'b>>,
 ) -> Result<(), IrError>
 where
     F: Fn(
@@ -965,13 +1118,24 @@ where
 {
     match (a.split, ids) {
         (Some(split), Some(ids)) => {
-            split_k_epilogue(e, p, a, split, ids, m_idx, outputs, finish, rows)
+            split_k_epilogue(e, p, a, split, ids, m_idx, outputs, finish, rows, owner)
         }
-        _ => {
+        _ => owned(e, owner, |e| {
             for (row, col, v, bias) in outputs {
                 finish(e, *row, *col, *v, *bias)?;
             }
             Ok(())
-        }
+        }),
+    }
+}
+
+/// Runs `f` in the waves that own the outputs (all of them when `owner` is None).
+fn owned<'c, 'b, F>(e: &Emitter<'c, 'b>, owner: Option<Value<'c, 'b>>, f: F) -> Result<(), IrError>
+where
+    F: Fn(&Emitter<'c, 'b>) -> Result<(), IrError>,
+{
+    match owner {
+        None => f(e),
+        Some(o) => e.if_then(o, |e| f(&e)),
     }
 }

@@ -17,8 +17,8 @@ use crate::ir::{
     Emitter, IrError,
 };
 use crate::kernel::{
-    build_gpu_func, dtype, finish_outputs, ring_fill, ring_step, ring_store, Args, BlockIds,
-    SplitKRows, DEQUANT_FN,
+    build_gpu_func, dtype, finish_outputs, k_wave, owner, reduce_k_waves, ring_fill, ring_step,
+    ring_store, slice_offset, Args, BlockIds, KWave, SplitKRows, DEQUANT_FN,
 };
 use crate::plan::{self, Plan, NV_ATOM_K, NV_ATOM_ROWS, NV_ATOM_TOKENS, NV_CHUNK_K};
 use crate::spec::DType;
@@ -37,7 +37,7 @@ pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError
         p,
         dtype(e, p.x),
         scale_elements(p),
-        u64::from(p.tiling.stages * p.lds_stage_elems),
+        u64::from(p.lds_elems),
         |e, a| body(e, p, a),
     )
 }
@@ -63,6 +63,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let by = e.block_id('y')?;
     let warp = e.divui(tid, c(WARP)?)?;
     let lane = e.remui(tid, c(WARP)?)?;
+    let KWave { kw, wave: warp } = k_wave(e, p, warp)?;
     let wm = e.divui(warp, c(t.waves_n)?)?;
     let wn = e.remui(warp, c(t.waves_n)?)?;
     let g = e.divui(lane, c(4)?)?;
@@ -162,7 +163,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let r = e.addi(r, row8)?;
         let ro = e.muli(r, c(p.lds_row)?)?;
         let k8 = e.muli(mat_k, c(8)?)?;
-        b_off.push(e.addi(ro, k8)?);
+        b_off.push(slice_offset(e, kw, e.addi(ro, k8)?, p.k_slice)?);
     }
     let lds_base = e.op1(
         "memref.extract_aligned_pointer_as_index",
@@ -191,16 +192,18 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let chunk0 = e.muli(nb, c(chunks_per_row)?)?;
         let wb = e.muli(chunk0, c(WARP)?)?;
         let wb = e.addi(wb, lane)?;
-        w_base.push(e.muli(wb, c(wpl)?)?);
+        let wb = e.muli(wb, c(wpl)?)?;
+        w_base.push(slice_offset(e, kw, wb, p.wchunks_per_iter * WARP * wpl)?);
         let sb = e.muli(chunk0, c(8)?)?;
         let sb = e.addi(sb, g)?;
-        s_base.push(e.muli(sb, c(svals)?)?);
+        let sb = e.muli(sb, c(svals)?)?;
+        s_base.push(slice_offset(e, kw, sb, p.wchunks_per_iter * 8 * svals)?);
     }
     let wvec = e.vector(u64::from(wpl), i32t);
     let svec = e.vector(u64::from(svals), xt);
     let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
-        let first = e.muli(kt, c(p.wchunks_per_iter * WARP * wpl)?)?;
+        let first = e.muli(kt, c(p.wchunks_per_iter * t.waves_k * WARP * wpl)?)?;
         for base in &w_base {
             for ch in 0..p.wchunks_per_iter {
                 let idx = e.addi(*base, first)?;
@@ -212,7 +215,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     };
     let load_s = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
-        let first = e.muli(kt, c(p.wchunks_per_iter * 8 * svals)?)?;
+        let first = e.muli(kt, c(p.wchunks_per_iter * t.waves_k * 8 * svals)?)?;
         for base in &s_base {
             for ch in 0..p.wchunks_per_iter {
                 let idx = e.addi(*base, first)?;
@@ -356,6 +359,9 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         Ok(accs)
     })?;
 
+    let kwave = KWave { kw, wave: warp };
+    let results = reduce_k_waves(e, p, a, &kwave, lane, &results[..acc_count], 1)?;
+
     // Epilogue: c0, c1 are weight row g, tokens 2*t4 and 2*t4+1 of the atom; c2, c3 the same for row g + 8.
     let mut outputs = vec![]; // (token row, output column, value, bias)
     for ms in 0..p.m_tiles {
@@ -411,7 +417,18 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         })
     };
     let ids = bz.map(|bz| BlockIds { tid, bx, by, bz });
-    finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::BelowM)?;
+    let owner = owner(e, kw)?;
+    finish_outputs(
+        e,
+        p,
+        a,
+        ids,
+        m_idx,
+        &outputs,
+        &finish,
+        SplitKRows::BelowM,
+        owner,
+    )?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
 }

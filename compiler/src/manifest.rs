@@ -61,6 +61,7 @@ pub fn from_plan(p: &Plan) -> Manifest {
             tile_k: t.tile_k,
             waves_m: t.waves_m,
             waves_n: t.waves_n,
+            waves_k: t.waves_k,
             mma: t.mma.name().to_string(),
             stages: t.stages,
         },

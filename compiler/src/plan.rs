@@ -125,10 +125,14 @@ pub struct Plan {
     /// MFMA tiles per wave along M and N.
     pub m_tiles: u32,
     pub n_tiles: u32,
-    /// MFMA pairs (2 * atom.k of K) per K iteration; each pair consumes one weight word per lane and n-tile.
+    /// MFMA pairs (2 * atom.k of K) one wave runs per K iteration (over its K slice); each pair consumes one weight
+    /// word per lane and n-tile.
     pub pairs_per_iter: u32,
     /// 16-byte weight loads per lane and n-tile per K iteration.
     pub wchunks_per_iter: u32,
+    /// K elements of each K tile one wave covers: `tile_k / waves_k`. Wave group `kw` (wave / (waves_m * waves_n))
+    /// takes K `kw * k_slice ..` of every tile; the groups' accumulators are summed in LDS before the epilogue.
+    pub k_slice: u32,
     pub k_iters: u32,
     /// Cross-workgroup split-K: `split_k` workgroups along grid z each take `iters_per_split` K iterations and the
     /// last to finish a tile reduces the partial sums (1: no split).
@@ -138,10 +142,12 @@ pub struct Plan {
     /// Activation rows in LDS are `lds_row` elements apart: `tile_k + LDS_ROW_PAD` (bf16/f16), `tile_k` (xf32 f32 tile).
     pub lds_row: u32,
     pub lds_stage_elems: u32,
+    /// Elements of the workgroup buffer: the ring, or the in-workgroup split-K reduction if larger.
+    pub lds_elems: u32,
     pub lds_bytes: u32,
     /// 16-byte activation vectors each thread moves into LDS per K iteration (some threads idle on the last one).
     pub x_vecs_per_thread: u32,
-    /// f32 scales each lane loads per K iteration and n-tile.
+    /// Scales each lane loads per K iteration and n-tile (for its K slice).
     pub scales_per_iter: u32,
     pub dequant: DequantPlan,
     /// NVIDIA targets: the fragment bit recipe (None on AMD).
@@ -169,6 +175,7 @@ pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
             tile_k: 256,
             waves_m: 1,
             waves_n: 4,
+            waves_k: 1,
             mma: MmaAtom::M16N16K16,
             stages: 2,
         })
@@ -205,6 +212,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     }
     if !t.tile_m.is_multiple_of(t.waves_m * atom.m())
         || !t.tile_n.is_multiple_of(t.waves_n * atom.n())
+        || t.waves_k == 0
+        || !t.tile_k.is_multiple_of(t.waves_k * 128)
     {
         return Err(unsupported(
             "waves and MFMA atom do not divide the tile".into(),
@@ -243,17 +252,19 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         xf32,
     } = route(spec, &t, arch);
 
-    let waves = t.waves_m * t.waves_n;
+    let waves = t.waves_m * t.waves_n * t.waves_k;
     let lanes = arch.info().wave_size;
+    // K elements of each K tile one wave takes (waves along K split every tile).
+    let k_slice = t.tile_k / t.waves_k;
     let threads = waves * lanes;
     let wave_m = t.tile_m / t.waves_m;
     let wave_n = t.tile_n / t.waves_n;
     let nvidia = fragment.is_some();
     // AMD: MFMA pairs (2 * atom.k of K, one word per lane); NVIDIA: m16n8k16 steps (16 of K, one word per lane).
     let pairs_per_iter = if nvidia {
-        t.tile_k / NV_ATOM_K
+        k_slice / NV_ATOM_K
     } else {
-        t.tile_k / (2 * atom.k())
+        k_slice / (2 * atom.k())
     };
     let wchunks_per_iter = pairs_per_iter / WORDS_PER_LANE;
     // NVIDIA: weight rows are the MMA's M (16 per atom), tokens its N (8 per atom).
@@ -270,15 +281,26 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     let lds_stage_elems = t.tile_m * lds_row;
     let lds_elem_bytes = if xf32 { 4 } else { 2 };
-    let lds_bytes = t.stages * lds_stage_elems * lds_elem_bytes;
+    // The in-workgroup split-K reduction reuses the buffer after the K loop: (waves_k - 1) f32 tiles.
+    let reduce_elems = (t.waves_k - 1) * t.tile_m * t.tile_n * 4 / lds_elem_bytes;
+    let lds_elems = (t.stages * lds_stage_elems).max(reduce_elems);
+    let lds_bytes = lds_elems * lds_elem_bytes;
     let x_vecs = t.tile_m * t.tile_k / 8;
     let x_vecs_per_thread = x_vecs.div_ceil(threads);
     let scales_per_iter = if nvidia {
         // Per chunk of 64 K: one scale per group slot for rows g and g + 8.
         wchunks_per_iter * nv_group_slots(fmt.group) * 2
     } else {
-        (t.tile_k / fmt.group).max(1)
+        (k_slice / fmt.group).max(1)
     };
+    if !nvidia && lds_bytes > arch.info().lds_bytes {
+        // The checker rejects such tilings in the DSL; an API caller gets the same verdict instead of LLVM's abort.
+        return Err(unsupported(format!(
+            "the workgroup buffer needs {lds_bytes} bytes of LDS, more than {}'s {}",
+            arch.name(),
+            arch.info().lds_bytes
+        )));
+    }
     if nvidia && (lds_bytes > arch.info().lds_bytes || !wave_n.is_multiple_of(NV_ATOM_ROWS)) {
         return Err(unsupported(format!(
             "on {} a wave's {} weight rows must be a multiple of 16 and the x tile must fit 48 KiB of static shared \
@@ -289,7 +311,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     }
 
     let k_iters = spec.k / t.tile_k;
-    let split_k = choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, arch);
+    let split_k = choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, t.waves_k, arch);
     let xb = 2u64;
     // Rows of x, of y, and (with split-K) of every split's f32 partials must stay within 32-bit offsets.
     let row_bytes = (u64::from(spec.k) * xb)
@@ -370,6 +392,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         threads,
         lds_row,
         lds_stage_elems,
+        lds_elems,
         lds_bytes,
         x_vecs_per_thread,
         scales_per_iter,
@@ -428,7 +451,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         ],
         args,
         kernarg_bytes,
-        elements_per_lane_iter: wave_n * t.tile_k / lanes,
+        k_slice,
+        elements_per_lane_iter: wave_n * k_slice / lanes,
         source_hash: spec.source_hash.clone(),
     })
 }
@@ -473,8 +497,8 @@ pub fn route(spec: &KernelSpec, t: &Tiling, arch: Arch) -> Route {
         && fmt.group >= 2 * atom.k();
     // xf32 on gfx942: the f32 activation tile must still let two waves per SIMD reside (64 KiB of LDS per CU
     // shared by ceil(8 / waves) workgroups), or the occupancy lost costs more than the packs saved.
-    let f32_tile_bytes = u64::from(t.stages) * u64::from(t.tile_m) * u64::from(t.tile_k) * 4;
-    let waves = u64::from((t.waves_m * t.waves_n).max(1));
+    let f32_tile_bytes = crate::dsl::budget::lds_bytes_f32(t);
+    let waves = u64::from((t.waves_m * t.waves_n * t.waves_k).max(1));
     let wgs_for_two_waves = (2 * u64::from(XF32_SIMDS)).div_ceil(waves);
     let xf32 = arch == Arch::Gfx942
         && group_accumulate
@@ -562,15 +586,17 @@ fn fragment_plan(spec: &KernelSpec) -> Result<FragmentPlan, String> {
 /// Cross-workgroup split-K for decode-shaped tiles: when the N tiles alone (the workgroups at M <= tile_m) would
 /// leave more than half of the CUs idle, K is split over `s` workgroups, `s` the largest divisor of the K iterations
 /// not above the split that fills the CUs. Larger tiles (prefill) have enough workgroups from M.
-pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, arch: Arch) -> u32 {
+pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, waves_k: u32, arch: Arch) -> u32 {
     let cus = arch.info().cus;
     if arch.is_nvidia() {
         // An SM needs several resident blocks (warps waiting on loads while others compute) to keep enough bytes
-        // in flight: aim at NV_BLOCKS_PER_SM blocks per SM for decode tiles.
-        if tile_m > 32 || n_tiles == 0 || k_iters < 2 || n_tiles >= cus * NV_BLOCKS_PER_SM {
+        // in flight: aim at NV_BLOCKS_PER_SM blocks per SM for decode tiles, fewer when warps along K already
+        // split each block's K range `waves_k` ways.
+        let target = (cus * NV_BLOCKS_PER_SM / waves_k.max(1)).max(cus);
+        if tile_m > 32 || n_tiles == 0 || k_iters < 2 || n_tiles >= target {
             return 1;
         }
-        let want = (cus * NV_BLOCKS_PER_SM).div_ceil(n_tiles).min(k_iters);
+        let want = target.div_ceil(n_tiles).min(k_iters);
         return (1..=want)
             .rev()
             .find(|d| k_iters.is_multiple_of(*d))

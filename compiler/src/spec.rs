@@ -93,7 +93,8 @@ impl MmaAtom {
 
 /// An explicit tiling, as written with `tile`/`waves`/`mma`/`stages`.
 /// Invariants (checked): tile_m % (waves_m * mma.m) == 0, tile_n % (waves_n * mma.n) == 0, tile_k % 128 == 0 (so
-/// every group size divides it), N % tile_n == 0, K % tile_k == 0, LDS and register estimates within the arch budget.
+/// every group size divides it), tile_k % (waves_k * 128) == 0, N % tile_n == 0, K % tile_k == 0, LDS and register
+/// estimates within the arch budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Tiling {
     pub tile_m: u32,
@@ -101,8 +102,22 @@ pub struct Tiling {
     pub tile_k: u32,
     pub waves_m: u32,
     pub waves_n: u32,
+    /// Waves splitting each K tile (in-workgroup split-K): wave group `kw` takes K slice `kw` of every tile, and
+    /// the groups' accumulators are summed through LDS before the epilogue.
+    pub waves_k: u32,
     pub mma: MmaAtom,
     pub stages: u32,
+}
+
+impl Tiling {
+    /// The wave grid as the CLI prints it: `MxN`, or `MxNxK` with waves along K.
+    pub fn waves_name(&self) -> String {
+        if self.waves_k == 1 {
+            format!("{}x{}", self.waves_m, self.waves_n)
+        } else {
+            format!("{}x{}x{}", self.waves_m, self.waves_n, self.waves_k)
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

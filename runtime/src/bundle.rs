@@ -555,6 +555,7 @@ pub(crate) mod testutil {
                 tile_k: 64,
                 waves_m: 1,
                 waves_n: 2,
+                waves_k: 1,
                 mma: format!("{}x{}x{}", atom.0, atom.0, atom.1),
                 stages: 2,
             },

@@ -77,6 +77,14 @@ impl Element {
 
 /// The exact value of a 4-bit minifloat code: bit 3 the sign, then `3 - man_bits` exponent bits with `bias` and
 /// `man_bits` mantissa bits; exponent field 0 is subnormal; no Inf/NaN encodings.
+fn one() -> u32 {
+    1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
+}
+
 pub fn minifloat_value(man_bits: u8, bias: i32, code: u8) -> f64 {
     let code = code & 0xF;
     let sign = if code & 0x8 != 0 { -1.0 } else { 1.0 };
@@ -112,6 +120,9 @@ pub struct Tiling {
     pub tile_k: u32,
     pub waves_m: u32,
     pub waves_n: u32,
+    /// Waves splitting each K tile (absent in manifests written before it existed: 1).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub waves_k: u32,
     /// MFMA atom, `16x16x16` or `32x32x8`.
     pub mma: String,
     pub stages: u32,

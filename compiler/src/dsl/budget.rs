@@ -19,21 +19,41 @@ pub const MAX_WAVES: u32 = 16;
 /// Most pipeline stages.
 pub const MAX_STAGES: u32 = 4;
 
-/// LDS bytes: `stages * tile_m * (tile_k + 8) * 2` (the x tile, double-buffered `stages` times, padded rows).
+/// LDS bytes: `stages * tile_m * (tile_k + 8) * 2` (the x tile, double-buffered `stages` times, padded rows), or the
+/// in-workgroup split-K reduction if that is larger (it reuses the same buffer after the K loop).
 pub fn lds_bytes(t: &Tiling) -> u64 {
     u64::from(t.stages)
         .saturating_mul(u64::from(t.tile_m))
         .saturating_mul(u64::from(t.tile_k) + LDS_PAD_ELEMS)
         .saturating_mul(LDS_ELEM_BYTES)
+        .max(reduce_bytes(t))
 }
 
 /// LDS bytes of the xf32 route (gfx942, `plan::route`): `stages * tile_m * tile_k * 4`, f32 rows swizzled, not
-/// padded. The route is only taken where this leaves two waves per SIMD, so it never exceeds the budget.
+/// padded, or the reduction's. The route is only taken where this leaves two waves per SIMD, so it never exceeds
+/// the budget.
 pub fn lds_bytes_f32(t: &Tiling) -> u64 {
     u64::from(t.stages)
         .saturating_mul(u64::from(t.tile_m))
         .saturating_mul(u64::from(t.tile_k))
         .saturating_mul(4)
+        .max(reduce_bytes(t))
+}
+
+/// In-workgroup split-K: every wave group but the first parks its f32 accumulators (the whole tile) in LDS,
+/// `(waves_k - 1) * tile_m * tile_n * 4` bytes.
+pub fn reduce_bytes(t: &Tiling) -> u64 {
+    u64::from(t.waves_k.saturating_sub(1))
+        .saturating_mul(u64::from(t.tile_m))
+        .saturating_mul(u64::from(t.tile_n))
+        .saturating_mul(4)
+}
+
+/// K elements one wave covers per K tile: `tile_k / waves_k`.
+pub fn k_slice(t: &Tiling) -> u64 {
+    u64::from(t.tile_k)
+        .checked_div(u64::from(t.waves_k))
+        .unwrap_or(0)
 }
 
 /// The terms of the VGPR estimate, per lane of one wave.
@@ -41,9 +61,10 @@ pub fn lds_bytes_f32(t: &Tiling) -> u64 {
 pub struct VgprEstimate {
     /// Accumulators: `tile_m * tile_n / (waves_m * waves_n * 64)` f32 values per lane.
     pub acc: u64,
-    /// Packed weight words per lane for one K tile: `(tile_n / waves_n) * tile_k / 64 / 8` (8 nibbles a dword).
+    /// Packed weight words per lane for one K tile: `(tile_n / waves_n) * (tile_k / waves_k) / 64 / 8` (8 nibbles a
+    /// dword).
     pub wwords: u64,
-    /// Block scales per lane: `(tile_n / waves_n / atom_n) * max(1, tile_k / group)`.
+    /// Block scales per lane: `(tile_n / waves_n / atom_n) * max(1, (tile_k / waves_k) / group)`.
     pub scales: u64,
     /// A-operand registers: `4 * (tile_m / waves_m / atom_m)`.
     pub areg: u64,
@@ -66,11 +87,7 @@ impl VgprEstimate {
 /// checker) give zero terms rather than a panic.
 pub fn vgprs(t: &Tiling, group: u32) -> VgprEstimate {
     let d = |a: u64, b: u64| a.checked_div(b).unwrap_or(0);
-    let (tm, tn, tk) = (
-        u64::from(t.tile_m),
-        u64::from(t.tile_n),
-        u64::from(t.tile_k),
-    );
+    let (tm, tn, tk) = (u64::from(t.tile_m), u64::from(t.tile_n), k_slice(t));
     let (wm, wn) = (u64::from(t.waves_m), u64::from(t.waves_n));
     let (am, an) = (u64::from(t.mma.m()), u64::from(t.mma.n()));
     // Products of two u32 values fit u64; the rest saturates.

@@ -943,11 +943,12 @@ impl Checker<'_> {
         let mma_s = stmt("mma");
         let stages_s = stmt("stages");
         let tile = match &tile_s.kind {
-            KernelStmtKind::Tile(kv) => self.keys(unit, "tile", kv, &["m", "n", "k"], tile_s),
+            KernelStmtKind::Tile(kv) => self.keys(unit, "tile", kv, &["m", "n", "k"], 3, tile_s),
             _ => None,
         };
         let waves = match &waves_s.kind {
-            KernelStmtKind::Waves(kv) => self.keys(unit, "waves", kv, &["m", "n"], waves_s),
+            // `k=` (waves splitting each K tile, reduced through LDS) is optional and defaults to 1.
+            KernelStmtKind::Waves(kv) => self.keys(unit, "waves", kv, &["m", "n", "k"], 2, waves_s),
             _ => None,
         };
         let mma = match &mma_s.kind {
@@ -996,6 +997,7 @@ impl Checker<'_> {
             tile_k: tile[2].0,
             waves_m: waves[0].0,
             waves_n: waves[1].0,
+            waves_k: waves[2].0,
             mma,
             stages,
         };
@@ -1022,6 +1024,29 @@ impl Checker<'_> {
                         * u64::from(budget::K_CHUNK)
                 )),
             );
+        } else if !u64::from(t.tile_k)
+            .is_multiple_of(u64::from(t.waves_k) * u64::from(budget::K_CHUNK))
+        {
+            let most = t.tile_k / budget::K_CHUNK;
+            self.err(
+                Error::new(
+                    loc(unit, waves_s.span),
+                    format!(
+                        "waves k={} cannot split tile k={} into slices of whole {}-element chunks",
+                        t.waves_k,
+                        t.tile_k,
+                        budget::K_CHUNK
+                    ),
+                    "K slices too small",
+                )
+                .related(loc(unit, tk_span), "tile k")
+                .help(format!(
+                    "each wave along K takes tile_k / waves_k of every K tile, a multiple of {}: use a waves k that \
+                     divides {most}, or raise tile k to {}",
+                    budget::K_CHUNK,
+                    u64::from(t.waves_k) * u64::from(budget::K_CHUNK)
+                )),
+            );
         } else if let Some((kv, kspan)) = k {
             if kv % t.tile_k != 0 {
                 let hint = suggest_divisor(kv, t.tile_k, budget::K_CHUNK)
@@ -1043,14 +1068,14 @@ impl Checker<'_> {
                 );
             }
         }
-        let waves_total = u64::from(t.waves_m) * u64::from(t.waves_n);
+        let waves_total = u64::from(t.waves_m) * u64::from(t.waves_n) * u64::from(t.waves_k);
         if !(1..=u64::from(budget::MAX_WAVES)).contains(&waves_total) {
             self.err(
                 Error::new(
                     loc(unit, waves_s.span),
                     format!(
-                        "{} x {} = {waves_total} waves per workgroup is out of range",
-                        t.waves_m, t.waves_n
+                        "{} = {waves_total} waves per workgroup is out of range",
+                        t.waves_name().replace('x', " x ")
                     ),
                     "too many waves",
                 )
@@ -1146,6 +1171,7 @@ impl Checker<'_> {
         stmt: &str,
         kv: &[KeyValue],
         keys: &[&str],
+        required: usize,
         s: &KernelStmt,
     ) -> Option<Vec<(u32, Span)>> {
         let mut out: Vec<Option<(u32, Span)>> = vec![None; keys.len()];
@@ -1194,6 +1220,7 @@ impl Checker<'_> {
         let missing: Vec<&str> = keys
             .iter()
             .zip(&out)
+            .take(required)
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| *k)
             .collect();
@@ -1214,6 +1241,7 @@ impl Checker<'_> {
                 .help(format!(
                     "write `{stmt} {}`",
                     keys.iter()
+                        .take(required)
                         .map(|k| format!("{k}=..."))
                         .collect::<Vec<_>>()
                         .join(" ")
@@ -1224,7 +1252,8 @@ impl Checker<'_> {
         if !ok {
             return None;
         }
-        out.into_iter().collect()
+        // Optional keys left out are 1 (at the statement's span).
+        Some(out.into_iter().map(|v| v.unwrap_or((1, s.span))).collect())
     }
 
     fn budgets(

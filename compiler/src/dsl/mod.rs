@@ -152,12 +152,17 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
         Schedule::Manual(t) => {
             let _ = writeln!(
                 s,
-                "  schedule  tile m={} n={} k={}, waves m={} n={}, mma {}, stages {}",
+                "  schedule  tile m={} n={} k={}, waves m={} n={}{}, mma {}, stages {}",
                 t.tile_m,
                 t.tile_n,
                 t.tile_k,
                 t.waves_m,
                 t.waves_n,
+                if t.waves_k > 1 {
+                    format!(" k={}", t.waves_k)
+                } else {
+                    String::new()
+                },
                 t.mma.name(),
                 t.stages
             );
