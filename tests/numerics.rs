@@ -518,6 +518,26 @@ fn llama_plan_choices_have_no_spills_no_lds_bank_conflicts_and_pass() {
     assert!(seen.len() >= 8, "{} distinct plans", seen.len());
 }
 
+/// Passes the reference at M = 1 and at a ragged M past one tile, with every LDS op (main loop and epilogue) free
+/// of bank conflicts.
+fn passes_without_bank_conflicts(
+    b: &Bundle,
+    spec: &KernelSpec,
+    tile_m: u32,
+    rng: &mut Rng,
+    what: &str,
+) {
+    for m in [1, tile_m + 3] {
+        let inp = inputs(spec, m, Data::Quantized, rng);
+        let c = check(b, spec, &inp, &LaunchOptions::default(), |_| {});
+        assert_eq!(c.violations, 0, "{what} M={m}: {c:?}");
+        let r = run_interpreted(b, &inp, &LaunchOptions::default()).expect("runs");
+        for (op, s) in &r.stats.lds_ops {
+            assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
+        }
+    }
+}
+
 /// The xf32 route's variants beyond the decode examples: two waves along M (rows 16-31 of the swizzled f32 tile),
 /// a single LDS stage (the barrier-guarded ring path), and more threads than activation vectors (ragged staging).
 /// Each must take the route, pass the numerical comparison (with split-K where the planner splits) and keep the
@@ -546,15 +566,7 @@ fn xf32_route_variants_pass() {
         let p = nibble_compiler::plan::plan(&spec, Arch::Gfx942).expect("plans");
         assert!(p.dequant.xf32, "{what}: takes the xf32 route");
         let b = bundle(&spec, Arch::Gfx942);
-        for m in [1, tile_m + 3] {
-            let inp = inputs(&spec, m, Data::Quantized, &mut rng);
-            let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
-            assert_eq!(c.violations, 0, "{what} M={m}: {c:?}");
-            let r = run_interpreted(&b, &inp, &LaunchOptions::default()).expect("runs");
-            for (op, s) in &r.stats.lds_ops {
-                assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
-            }
-        }
+        passes_without_bank_conflicts(&b, &spec, tile_m, &mut rng, &what);
     }
 }
 
@@ -597,15 +609,7 @@ fn k_wave_variants_pass_and_a_missing_slice_is_detected() {
             let p = nibble_compiler::plan::plan(&spec, arch).expect("plans");
             assert_eq!(p.k_slice, tile_k / waves_k, "{what}");
             let b = bundle(&spec, arch);
-            for m in [1, tile_m + 3] {
-                let inp = inputs(&spec, m, Data::Quantized, &mut rng);
-                let c = check(&b, &spec, &inp, &LaunchOptions::default(), |_| {});
-                assert_eq!(c.violations, 0, "{what} M={m}: {c:?}");
-                let r = run_interpreted(&b, &inp, &LaunchOptions::default()).expect("runs");
-                for (op, s) in &r.stats.lds_ops {
-                    assert_eq!(s.conflict_cycles, 0, "{what}: {op} has bank conflicts");
-                }
-            }
+            passes_without_bank_conflicts(&b, &spec, tile_m, &mut rng, &what);
             // Negative control: only wave group 0 runs (the launch and the kernel's known block size both cut).
             let mut cut = bundle(&spec, arch);
             let full = cut.manifest.launch.block[0];
