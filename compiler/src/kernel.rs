@@ -639,18 +639,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.store(o, yb, idx)
     };
     let ids = bz.map(|bz| BlockIds { tid, bx, by, bz });
-    let owner = owner(e, kw)?;
-    finish_outputs(
-        e,
-        p,
-        a,
-        ids,
-        m_idx,
-        &outputs,
-        &finish,
-        SplitKRows::All,
-        owner,
-    )?;
+    finish_outputs(e, p, a, ids, m_idx, &outputs, &finish, SplitKRows::All, kw)?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
 }
@@ -694,7 +683,7 @@ pub(crate) fn slice_offset<'c, 'b>(
 }
 
 /// Whether this wave writes the outputs: with waves along K only group 0, which holds the reduced sums.
-pub(crate) fn owner<'c, 'b>(
+fn owner<'c, 'b>(
     e: &Emitter<'c, 'b>,
     kw: Option<Value<'c, 'b>>,
 ) -> Result<Option<Value<'c, 'b>>, IrError> {
@@ -840,7 +829,7 @@ pub(crate) type Output<'c, 'b> = (
 /// the epilogue (`finish`) and resets the counter for the next launch. Release and acquire fences at device scope
 /// order the partials around the counter (`agent` on AMD, `device` on NVIDIA).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn split_k_epilogue<'c, 'b, F>(
+pub(crate) fn split_k_epilogue<'c, 'b>(
     e: &Emitter<'c, 'b>,
     p: &Plan,
     a: &Args<'c, 'b>,
@@ -848,19 +837,10 @@ pub(crate) fn split_k_epilogue<'c, 'b, F>(
     ids: BlockIds<'c, 'b>,
     m_idx: Value<'c, 'b>,
     outputs: &[Output<'c, 'b>],
-    finish: &F,
+    finish: &Finish<'_, 'c, 'b>,
     rows: SplitKRows,
     owner: Option<Value<'c, 'b>>,
-) -> Result<(), IrError>
-where
-    F: Fn(
-        &Emitter<'c, 'b>,
-        Value<'c, 'b>,
-        Value<'c, 'b>,
-        Value<'c, 'b>,
-        Option<Value<'c, 'b>>,
-    ) -> Result<(), IrError>,
-{
+) -> Result<(), IrError> {
     let t = &p.tiling;
     let xt = dtype(e, p.x);
     let i32t = e.int(32);
@@ -1004,6 +984,16 @@ where
     })
 }
 
+/// The fused epilogue of one output value: (row, column, value, the column's bias).
+pub(crate) type Finish<'f, 'c, 'b> = dyn Fn(
+        &Emitter<'c, 'b>,
+        Value<'c, 'b>,
+        Value<'c, 'b>,
+        Value<'c, 'b>,
+        Option<Value<'c, 'b>>,
+    ) -> Result<(), IrError>
+    + 'f;
+
 /// Loads the activation tile of a K iteration into registers (one value per staged vector).
 pub(crate) type LoadX<'f, 'c, 'b> =
     dyn Fn(&Emitter<'c, 'b>, Value<'c, 'b>) -> Result<Vec<Value<'c, 'b>>, IrError> + 'f;
@@ -1096,26 +1086,18 @@ pub(crate) fn ring_store<'c, 'b>(
 
 /// The end of both builders: the split-K protocol when the plan splits K, else each output's epilogue directly.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn finish_outputs<'c, 'b, F>(
+pub(crate) fn finish_outputs<'c, 'b>(
     e: &Emitter<'c, 'b>,
     p: &Plan,
     a: &Args<'c, 'b>,
     ids: Option<BlockIds<'c, 'b>>,
     m_idx: Value<'c, 'b>,
     outputs: &[Output<'c, 'b>],
-    finish: &F,
+    finish: &Finish<'_, 'c, 'b>,
     rows: SplitKRows,
-    owner: Option<Value<'c, 'b>>,
-) -> Result<(), IrError>
-where
-    F: Fn(
-        &Emitter<'c, 'b>,
-        Value<'c, 'b>,
-        Value<'c, 'b>,
-        Value<'c, 'b>,
-        Option<Value<'c, 'b>>,
-    ) -> Result<(), IrError>,
-{
+    kw: Option<Value<'c, 'b>>,
+) -> Result<(), IrError> {
+    let owner = owner(e, kw)?;
     match (a.split, ids) {
         (Some(split), Some(ids)) => {
             split_k_epilogue(e, p, a, split, ids, m_idx, outputs, finish, rows, owner)

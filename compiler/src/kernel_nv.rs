@@ -17,7 +17,7 @@ use crate::ir::{
     Emitter, IrError,
 };
 use crate::kernel::{
-    build_gpu_func, dtype, finish_outputs, k_wave, owner, reduce_k_waves, ring_fill, ring_step,
+    build_gpu_func, dtype, finish_outputs, k_wave, reduce_k_waves, ring_fill, ring_step,
     ring_store, slice_offset, Args, BlockIds, KWave, SplitKRows, DEQUANT_FN,
 };
 use crate::plan::{self, Plan, NV_ATOM_K, NV_ATOM_ROWS, NV_ATOM_TOKENS, NV_CHUNK_K};
@@ -417,7 +417,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         })
     };
     let ids = bz.map(|bz| BlockIds { tid, bx, by, bz });
-    let owner = owner(e, kw)?;
     finish_outputs(
         e,
         p,
@@ -427,7 +426,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         &outputs,
         &finish,
         SplitKRows::BelowM,
-        owner,
+        kw,
     )?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
