@@ -25,22 +25,17 @@ use crate::spec::DType;
 
 const WARP: u32 = 32;
 
-/// Elements of the repacked scale buffer (`nibble.scales_mma_sync_a.v1` or its exponent-byte twin).
+/// Elements of the repacked scale buffer (`nibble.scales_mma_sync_a.v1`).
 pub fn scale_elements(p: &Plan) -> u64 {
     let slots = u64::from(plan::nv_group_slots(p.format.group));
     u64::from(p.n / NV_ATOM_ROWS) * u64::from(p.k / NV_CHUNK_K) * 8 * slots * 2
 }
 
 pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
-    let scale_elem = if p.scale_exp_bytes() {
-        e.int(8)
-    } else {
-        dtype(e, p.x)
-    };
     build_gpu_func(
         e,
         p,
-        scale_elem,
+        dtype(e, p.x),
         scale_elements(p),
         u64::from(p.lds_elems),
         |e, a| body(e, p, a),
@@ -205,9 +200,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         s_base.push(slice_offset(e, kw, sb, p.wchunks_per_iter * 8 * svals)?);
     }
     let wvec = e.vector(u64::from(wpl), i32t);
-    let exp_scales = p.scale_exp_bytes();
-    let (selem, sbytes) = if exp_scales { (e.int(8), 1) } else { (xt, 2) };
-    let svec = e.vector(u64::from(svals), selem);
+    let svec = e.vector(u64::from(svals), xt);
     let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
         let first = e.muli(kt, c(p.wchunks_per_iter * t.waves_k * WARP * wpl)?)?;
@@ -227,7 +220,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             for ch in 0..p.wchunks_per_iter {
                 let idx = e.addi(*base, first)?;
                 let idx = e.addi(idx, c(ch * 8 * svals)?)?;
-                out.push(e.vload_aligned(a.s, idx, svec, sbytes * svals)?);
+                out.push(e.vload_aligned(a.s, idx, svec, 2 * svals)?);
             }
         }
         Ok(out)
@@ -272,17 +265,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
     let v1i = e.vector(1, i32t);
-    let v2i16 = e.vector(2, e.int(16));
-    // Mantissa bits of the operand type: an exponent byte shifted by them is the power of two's bits.
-    let mant_bits = match p.x {
-        DType::Bf16 => 7,
-        DType::F16 => 10,
-    };
-    let mant_shift = if exp_scales {
-        Some(e.splat_int(v2i16, mant_bits)?)
-    } else {
-        None
-    };
     // NVVM types bf16 operand registers as i32 and f16 ones as vector<2xf16>.
     let as_i32 = |e: &Emitter<'c, 'b>, v: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
         if p.x == DType::F16 {
@@ -356,16 +338,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let wv = wcur[ns * p.wchunks_per_iter as usize + chunk];
                 let word = l.extract(wv, j, i32t)?;
                 let sv = scur[ns * p.wchunks_per_iter as usize + chunk];
-                let scale = l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], selem)?;
-                // An exponent byte becomes the operand's bits by a shift into its exponent field.
-                let scale = match mant_shift {
-                    Some(sh) => {
-                        let wide = l.extui(scale, v2i16)?;
-                        let wide = l.shli(wide, sh)?;
-                        l.vbitcast(wide, v2)?
-                    }
-                    None => scale,
-                };
+                let scale = l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], xt)?;
                 let deq = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
                 let mut regs = vec![];
                 for r in 0..4i64 {

@@ -6,7 +6,6 @@
 use nibble_runtime::manifest::{
     ArgRole, BitPiece, FragmentBits, GridDim, KernelArg, ScaleLayout, WeightLayout,
 };
-use nibble_runtime::numerics::repack::{MMA_SCALE_EXP_LAYOUT_ID, MMA_SCALE_LAYOUT_ID};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -352,14 +351,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     push("x", ArgRole::X, "ptr", Some(spec.x.name()), 8);
     push("w", ArgRole::Weight, "ptr", Some("u32"), 8);
-    // Power-of-two scales travel as one exponent byte when the operand type has E8M0's exponent range (bf16); f16
-    // operands keep 16-bit values, whose subnormals extend the range of scales applied exactly.
-    let exp_scales = nvidia && fmt.scale == ScaleType::E8m0 && spec.x == DType::Bf16;
-    let scale_elem = match (nvidia, exp_scales) {
-        (true, true) => "u8",
-        (true, false) => spec.x.name(),
-        (false, _) => "f32",
-    };
+    let scale_elem = if nvidia { spec.x.name() } else { "f32" };
     push("scales", ArgRole::Scales, "ptr", Some(scale_elem), 8);
     if let Some(b) = spec.bias {
         push("bias", ArgRole::Bias, "ptr", Some(b.name()), 8);
@@ -440,10 +432,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             },
         },
         scale_layout: ScaleLayout {
-            id: if exp_scales {
-                MMA_SCALE_EXP_LAYOUT_ID.into()
-            } else if nvidia {
-                MMA_SCALE_LAYOUT_ID.into()
+            id: if nvidia {
+                "nibble.scales_mma_sync_a.v1".into()
             } else {
                 "nibble.scales_f32.v1".into()
             },
@@ -624,11 +614,6 @@ pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, waves_k: u32, arc
 }
 
 impl Plan {
-    /// Whether the scales are exponent bytes (`nibble.scales_mma_sync_a_exp.v1`) rather than values.
-    pub fn scale_exp_bytes(&self) -> bool {
-        self.scale_layout.id == MMA_SCALE_EXP_LAYOUT_ID
-    }
-
     /// Index of the scale that MFMA pair `pair` of a K iteration uses, relative to the lane's first scale of the
     /// iteration (see `lane_scale_offset`). Pairs span `2 * atom.k` of K; a lane's 8 elements of a pair are K offsets
     /// `8q .. 8q+7` (q = lane / atom_n), which never straddle a group because groups are multiples of 8.

@@ -179,11 +179,6 @@ impl<'c, 'b> Emitter<'c, 'b> {
         let attr = DenseElementsAttribute::f32_splat(ty, value);
         self.op1("arith.constant", &[], ty, &[("value", attr.into())])
     }
-    /// A dense splat constant of an integer vector type `ty`.
-    pub fn splat_int(&self, ty: Type<'c>, value: i64) -> Result<Value<'c, 'b>, IrError> {
-        let attr = self.attr(&format!("dense<{value}> : {ty}"))?;
-        self.op1("arith.constant", &[], ty, &[("value", attr)])
-    }
     pub fn splat_i32(&self, n: u64, value: i32) -> Result<Value<'c, 'b>, IrError> {
         let ty = self.vector(n, self.int(32));
         let attr = DenseElementsAttribute::i32_splat(ty, value);

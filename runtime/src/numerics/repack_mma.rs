@@ -15,12 +15,6 @@
 //! reference forms `round(element * scale)`. Both agree only for some scales, so every distinct scale is checked for
 //! all 16 codes, exactly, and one that disagrees is rejected with its row and group and the range of power-of-two
 //! scales the kernel applies exactly.
-//!
-//! `nibble.scales_mma_sync_a_exp.v1` is the same order with one byte per value: the biased exponent field of `S`,
-//! which must then be a normal power of two of the operand type. The kernel forms `S`'s bits as `byte << mantissa
-//! bits` ([`exp_byte_bits`]). The planner picks it for E8M0 scales with bf16 operands, where it halves the scale
-//! bytes (E8M0 codes are powers of two and bf16 has E8M0's exponent range, so it rejects nothing the 16-bit layout
-//! accepts).
 
 use std::collections::HashMap;
 
@@ -28,7 +22,7 @@ use rayon::prelude::*;
 
 use super::fp8::ScaleType;
 use super::reference::{round_to, scale_problem};
-use super::repack::{RepackError, RepackedScales};
+use super::repack::RepackError;
 use super::{pow2, DType, ScaleData};
 use crate::manifest::{BitPiece, Element, Format, ScaleLayout, WeightLayout};
 
@@ -36,8 +30,6 @@ use crate::manifest::{BitPiece, Element, Format, ScaleLayout, WeightLayout};
 pub const MMA_WEIGHT_LAYOUT_ID: &str = "nibble.mma_sync_a.v1";
 /// The scale layout that goes with it.
 pub const MMA_SCALE_LAYOUT_ID: &str = "nibble.scales_mma_sync_a.v1";
-/// The same order, one exponent byte per value (power-of-two scales).
-pub const MMA_SCALE_EXP_LAYOUT_ID: &str = "nibble.scales_mma_sync_a_exp.v1";
 /// Lanes of a warp.
 const LANES: usize = 32;
 /// Rows (N) and K of one fragment atom.
@@ -49,11 +41,6 @@ pub fn operand_bits(d: DType) -> (i32, u32) {
         DType::Bf16 => (127, 7),
         DType::F16 => (15, 10),
     }
-}
-
-/// The operand bits the kernel forms from an exponent byte of `nibble.scales_mma_sync_a_exp.v1`.
-pub fn exp_byte_bits(byte: u8, d: DType) -> u16 {
-    u16::from(byte) << operand_bits(d).1
 }
 
 /// `0x8000_8000 | 7 << L | 7 << (L + 16)`: the output bits of one register.
@@ -438,8 +425,6 @@ pub struct MmaScaleGeometry {
     pub exp_offset: i32,
     /// `operand bias - element bias - exp_offset`: the kernel's epilogue factor `2^cexp`.
     pub cexp: i32,
-    /// One exponent byte per value (`nibble.scales_mma_sync_a_exp.v1`) instead of 16-bit values.
-    pub exp_bytes: bool,
 }
 
 impl MmaScaleGeometry {
@@ -452,11 +437,8 @@ impl MmaScaleGeometry {
             id: sl.id.clone(),
             what,
         };
-        let exp_bytes = sl.id == MMA_SCALE_EXP_LAYOUT_ID;
-        if sl.id != MMA_SCALE_LAYOUT_ID && !exp_bytes {
-            return Err(err(format!(
-                "expected {MMA_SCALE_LAYOUT_ID} or {MMA_SCALE_EXP_LAYOUT_ID}"
-            )));
+        if sl.id != MMA_SCALE_LAYOUT_ID {
+            return Err(err(format!("expected {MMA_SCALE_LAYOUT_ID}")));
         }
         let dtype = sl
             .dtype
@@ -488,11 +470,10 @@ impl MmaScaleGeometry {
             gk: group.min(kc),
             exp_offset: sl.exp_offset,
             cexp: ob - fmt.element.bias - sl.exp_offset,
-            exp_bytes,
         })
     }
 
-    /// Number of values (u16 or exponent bytes) for an `[N, K]` weight.
+    /// Number of u16 values for an `[N, K]` weight.
     pub fn len(&self, n: usize, k: usize) -> usize {
         n * (k / self.kc) * self.gpc
     }
@@ -529,8 +510,7 @@ pub fn reference_element(v: f64, scale: f64, dtype: DType) -> f64 {
     f64::from(round_to(f64::from(v as f32 * scale as f32), dtype))
 }
 
-/// The operand bits of scale `s` (`S = s * 2^exp_offset`) if the kernel applies it exactly for all 16 codes and
-/// the layout can hold it, else why not.
+/// The repacked bits of scale `s` if the kernel applies it exactly for all 16 codes, else why not.
 pub fn mma_scale_bits(s: f64, elem: &Element, g: &MmaScaleGeometry) -> Result<u16, String> {
     if s == 0.0 {
         return Ok(0);
@@ -540,15 +520,6 @@ pub fn mma_scale_bits(s: f64, elem: &Element, g: &MmaScaleGeometry) -> Result<u1
     if !sd.is_finite() || f64::from(sd) != big {
         return Err(format!(
             "times 2^{} = {big:e} is not exactly a {} value",
-            g.exp_offset,
-            g.dtype.name()
-        ));
-    }
-    let bits = dtype_bits(sd, g.dtype);
-    let mant = operand_bits(g.dtype).1;
-    if g.exp_bytes && (bits & ((1 << mant) - 1) != 0 || bits >> mant == 0) {
-        return Err(format!(
-            "times 2^{} = {big:e} is not a normal power of two in {}, as the exponent-byte layout needs",
             g.exp_offset,
             g.dtype.name()
         ));
@@ -565,7 +536,7 @@ pub fn mma_scale_bits(s: f64, elem: &Element, g: &MmaScaleGeometry) -> Result<u1
             ));
         }
     }
-    Ok(bits)
+    Ok(dtype_bits(sd, g.dtype))
 }
 
 /// The power-of-two scales `2^lo ..= 2^hi` the kernel applies exactly (the longest run containing the most
@@ -587,11 +558,10 @@ fn describe_pow2(v: f64) -> String {
     format!("{v:e}")
 }
 
-/// Repacks checkpoint scales `[N, K/group]` into the values of `nibble.scales_mma_sync_a.v1` (u16) or
-/// `nibble.scales_mma_sync_a_exp.v1` (exponent bytes): index `(((nb * (K/kc) + c) * 8 + q) * gpc + gl) * 2 + h`
-/// holds `scale(row nb*16 + q + 8h, group (c*kc + gl*gk) / group) * 2^exp_offset` as `dtype` bits, or their
-/// exponent field (see [`MmaScaleGeometry`]). Every distinct scale must be applied exactly by the kernel and fit
-/// the layout ([`mma_scale_bits`]); NaN, negative and infinite scales are rejected.
+/// Repacks checkpoint scales `[N, K/group]` into the u16 values of `nibble.scales_mma_sync_a.v1`:
+/// index `(((nb * (K/kc) + c) * 8 + q) * gpc + gl) * 2 + h` holds `scale(row nb*16 + q + 8h, group
+/// (c*kc + gl*gk) / group) * 2^exp_offset` as `dtype` bits (see [`MmaScaleGeometry`]). Every distinct scale must
+/// be applied exactly by the kernel ([`mma_scale_bits`]); NaN, negative and infinite scales are rejected.
 pub fn repack_scales_mma(
     wl: &WeightLayout,
     sl: &ScaleLayout,
@@ -599,7 +569,7 @@ pub fn repack_scales_mma(
     scales: &ScaleData,
     n: usize,
     k: usize,
-) -> Result<RepackedScales, RepackError> {
+) -> Result<(DType, Vec<u16>), RepackError> {
     let g = MmaScaleGeometry::new(wl, sl, fmt)?;
     let st = ScaleType::parse(&fmt.scale).ok_or_else(|| RepackError::Format {
         format: fmt.name.clone(),
@@ -669,23 +639,13 @@ pub fn repack_scales_mma(
         cache.insert(v.to_bits(), b);
         *slot = b;
     }
-    let out = (0..g.len(n, k)).map(|i| {
-        let (row, group) = g.coords(k, i);
-        bits[row * groups + group]
-    });
-    let mant = operand_bits(g.dtype).1;
-    Ok(if g.exp_bytes {
-        // mma_scale_bits proved every value a power of two with its exponent field in a byte.
-        RepackedScales::Exp8 {
-            dtype: g.dtype,
-            bytes: out.map(|b| (b >> mant) as u8).collect(),
-        }
-    } else {
-        RepackedScales::Half16 {
-            dtype: g.dtype,
-            bits: out.collect(),
-        }
-    })
+    let out = (0..g.len(n, k))
+        .map(|i| {
+            let (row, group) = g.coords(k, i);
+            bits[row * groups + group]
+        })
+        .collect();
+    Ok((g.dtype, out))
 }
 
 #[cfg(test)]

@@ -51,45 +51,12 @@ fn wlayout(elem: &Element, d: DType) -> WeightLayout {
 }
 
 fn slayout(d: DType, group: u32, exp_offset: i32) -> ScaleLayout {
-    slayout_id(MMA_SCALE_LAYOUT_ID, d, group, exp_offset)
-}
-
-fn slayout_id(id: &str, d: DType, group: u32, exp_offset: i32) -> ScaleLayout {
     ScaleLayout {
-        id: id.into(),
+        id: MMA_SCALE_LAYOUT_ID.into(),
         group,
         exp_offset,
         dtype: Some(d.name().into()),
     }
-}
-
-/// The 16-bit operand values the kernel forms from repacked scales: the values themselves, or each exponent byte
-/// shifted into the exponent field ([`exp_byte_bits`]; `wrong_shift` moves it by one bit, a negative control).
-fn kernel_scale_bits(r: RepackedScales, wrong_shift: bool) -> (DType, Vec<u16>) {
-    match r {
-        RepackedScales::Half16 { dtype, bits } => (dtype, bits),
-        RepackedScales::Exp8 { dtype, bytes } => {
-            let bits = bytes.iter().map(|&b| exp_byte_bits(b, dtype));
-            let bits = if wrong_shift {
-                bits.map(|b| b << 1).collect()
-            } else {
-                bits.collect()
-            };
-            (dtype, bits)
-        }
-        RepackedScales::F32(_) => panic!("f32 scales from an mma_sync layout"),
-    }
-}
-
-fn repack16(
-    wl: &WeightLayout,
-    sl: &ScaleLayout,
-    fmt: &Format,
-    scales: &ScaleData,
-    n: usize,
-    k: usize,
-) -> Result<(DType, Vec<u16>), RepackError> {
-    repack_scales_mma(wl, sl, fmt, scales, n, k).map(|r| kernel_scale_bits(r, false))
 }
 
 fn format(elem: &Element, scale: &str, group: u32) -> Format {
@@ -127,8 +94,6 @@ enum Fault {
     None,
     /// The kernel reads the fragment's two row halves (g, g+8) the other way round.
     SwapRows,
-    /// The kernel shifts exponent bytes one bit too far.
-    ByteShift,
 }
 
 /// The kernel's dequantized weight `[N, K]` from repacked words and scales, by the layout's index formulas and the
@@ -195,45 +160,12 @@ fn run_case(
     kernel_exp_offset: Option<i32>,
     fault: Fault,
 ) -> Result<usize, String> {
-    run_layout_case(
-        MMA_SCALE_LAYOUT_ID,
-        elem,
-        d,
-        fmt,
-        scales,
-        exp_offset,
-        weight,
-        n,
-        k,
-        kernel_pieces,
-        kernel_exp_offset,
-        fault,
-    )
-}
-
-/// [`run_case`] with the scale layout `id`.
-#[allow(clippy::too_many_arguments)]
-fn run_layout_case(
-    id: &str,
-    elem: &Element,
-    d: DType,
-    fmt: &Format,
-    scales: &ScaleData,
-    exp_offset: i32,
-    weight: &[u8],
-    n: usize,
-    k: usize,
-    kernel_pieces: Option<Vec<Vec<BitPiece>>>,
-    kernel_exp_offset: Option<i32>,
-    fault: Fault,
-) -> Result<usize, String> {
     let wl = wlayout(elem, d);
-    let sl = slayout_id(id, d, fmt.group, exp_offset);
+    let sl = slayout(d, fmt.group, exp_offset);
     let words = repack_weight_mma(&wl, elem, weight, n, k).map_err(|e| e.to_string())?;
-    let repacked = repack_scales_mma(&wl, &sl, fmt, scales, n, k).map_err(|e| e.to_string())?;
-    let (dt, bits) = kernel_scale_bits(repacked, fault == Fault::ByteShift);
+    let (dt, bits) = repack_scales_mma(&wl, &sl, fmt, scales, n, k).map_err(|e| e.to_string())?;
     assert_eq!(dt, d);
-    let kernel_sl = slayout_id(id, d, fmt.group, kernel_exp_offset.unwrap_or(exp_offset));
+    let kernel_sl = slayout(d, fmt.group, kernel_exp_offset.unwrap_or(exp_offset));
     let g = MmaScaleGeometry::new(&wl, &kernel_sl, fmt).map_err(|e| e.to_string())?;
     let pcs = kernel_pieces.unwrap_or_else(|| pieces(wl.mag_shift));
     let got = emulate(&pcs, 4, &words, &bits, &g, elem, n, k, fault);
@@ -642,8 +574,8 @@ fn scale_order_follows_the_index_formula() {
         let (n, k) = (32, 256);
         let groups = k / group as usize;
         let codes: Vec<u8> = (0..n * groups).map(|i| (1 + i % 0x7E) as u8).collect();
-        let (_, bits) =
-            repack16(&wl, &sl, &fmt, &ScaleData::Bytes(codes.clone()), n, k).expect("repacks");
+        let (_, bits) = repack_scales_mma(&wl, &sl, &fmt, &ScaleData::Bytes(codes.clone()), n, k)
+            .expect("repacks");
         let kc = 64;
         let gpc = (kc / group as usize).max(1);
         let gk = (group as usize).min(kc);
@@ -664,85 +596,4 @@ fn scale_order_follows_the_index_formula() {
             }
         }
     }
-}
-
-/// `nibble.scales_mma_sync_a_exp.v1`: one byte per scale; for bf16 operands it accepts exactly the E8M0 codes the
-/// 16-bit layout accepts, the emulated kernel (byte shifted into the exponent field) equals the reference, and a
-/// kernel shifting the byte one bit too far or disagreeing on exp_offset is caught.
-#[test]
-fn exponent_byte_scales_equal_the_reference_and_faults_are_detected() {
-    let (n, k) = (64, 256);
-    let w = random_bytes(n * k / 2, 13);
-    let exp = MMA_SCALE_EXP_LAYOUT_ID;
-    let mut rejected = 0;
-    for (elem, d, e) in elements() {
-        let wl = wlayout(&elem, d);
-        let fmt = format(&elem, "e8m0", 32);
-        let g16 = MmaScaleGeometry::new(&wl, &slayout(d, 32, e), &fmt).expect("geometry");
-        let sl8 = slayout_id(exp, d, 32, e);
-        let g8 = MmaScaleGeometry::new(&wl, &sl8, &fmt).expect("geometry");
-        let (acc16, acc8) = (accepted_e8m0(&elem, &g16), accepted_e8m0(&elem, &g8));
-        assert!(
-            acc8.iter().all(|c| acc16.contains(c)),
-            "{} {d:?}",
-            elem.name
-        );
-        if d == DType::Bf16 {
-            assert_eq!(acc8, acc16, "{}: bf16 holds every accepted code", elem.name);
-        }
-        assert!(
-            acc8.len() > 20,
-            "{} {d:?}: {} accepted",
-            elem.name,
-            acc8.len()
-        );
-        let codes: Vec<u8> = (0..n * k / 32).map(|i| acc8[i % acc8.len()]).collect();
-        let sc = ScaleData::Bytes(codes);
-        let run = |kernel_exp: Option<i32>, fault: Fault| {
-            run_layout_case(
-                exp, &elem, d, &fmt, &sc, e, &w, n, k, None, kernel_exp, fault,
-            )
-        };
-        run(None, Fault::None).unwrap_or_else(|m| panic!("{} {d:?}: {m}", elem.name));
-        assert!(
-            run(None, Fault::ByteShift).is_err(),
-            "{} {d:?}: byte shift",
-            elem.name
-        );
-        for de in [-1, 1] {
-            assert!(
-                run(Some(e + de), Fault::None).is_err(),
-                "{} {d:?}: exp_offset {de:+} undetected",
-                elem.name
-            );
-        }
-        let r = repack_scales_mma(&wl, &sl8, &fmt, &sc, n, k).expect("repacks");
-        assert!(matches!(r, RepackedScales::Exp8 { .. }));
-        assert_eq!(r.elem(), "u8");
-        assert_eq!(r.size_bytes(), n * (k / 64) * 2, "one byte per value");
-        // A code the 16-bit layout accepts and this one cannot hold is rejected with the reason.
-        if let Some(&c) = acc16.iter().find(|c| !acc8.contains(c)) {
-            let mut codes = vec![acc8[0]; n * k / 32];
-            codes[9 * (k / 32) + 2] = c;
-            let err = repack_scales_mma(&wl, &sl8, &fmt, &ScaleData::Bytes(codes), n, k)
-                .expect_err("out of the byte layout")
-                .to_string();
-            assert!(
-                err.contains("row 9, group 2") && err.contains("normal power of two"),
-                "{err}"
-            );
-            rejected += 1;
-        }
-    }
-    // f16's subnormal scales exist only in the 16-bit layout.
-    assert!(rejected > 0, "no code exercised the byte layout's limit");
-    // Non-power-of-two scales cannot be exponent bytes.
-    let elem = e2m1();
-    let wl = wlayout(&elem, DType::Bf16);
-    let fmt = format(&elem, "f32", 32);
-    let sl8 = slayout_id(exp, DType::Bf16, 32, 110);
-    let err = repack_scales_mma(&wl, &sl8, &fmt, &ScaleData::F32(vec![0.75; 32]), 16, 64)
-        .expect_err("0.75")
-        .to_string();
-    assert!(err.contains("normal power of two"), "{err}");
 }
