@@ -3,7 +3,7 @@
 //! These are the formulas the checker enforces and the planner reuses; docs/DSL.md ("Budgets") explains each term.
 //! All arithmetic is saturating `u64`, so hostile tile sizes cannot overflow (they only exceed every budget).
 
-use crate::arch::ArchInfo;
+use crate::arch::{ArchInfo, Vendor};
 use crate::spec::Tiling;
 
 /// Extra padding elements per LDS row of the activation tile (breaks bank conflicts).
@@ -14,8 +14,19 @@ pub const LDS_ELEM_BYTES: u64 = 2;
 pub const VGPR_OVERHEAD: u64 = 24;
 /// The weight layout moves K in chunks of this many elements; `tile_k` must be a multiple.
 pub const K_CHUNK: u32 = 128;
-/// Most waves per workgroup (1024 lanes of 64).
+/// Most lanes (threads) per workgroup on every target.
+pub const MAX_LANES: u32 = 1024;
+/// Most waves per workgroup where no target is known: 1024 lanes in waves of 64.
 pub const MAX_WAVES: u32 = 16;
+
+/// Most waves per workgroup on all of `targets` (1024 lanes: 16 waves of 64 on AMD, 32 warps on NVIDIA).
+pub fn max_waves(targets: &[&ArchInfo]) -> u32 {
+    targets
+        .iter()
+        .map(|a| MAX_LANES / a.wave_size.max(1))
+        .min()
+        .unwrap_or(MAX_WAVES)
+}
 /// Most pipeline stages.
 pub const MAX_STAGES: u32 = 4;
 
@@ -107,5 +118,21 @@ pub fn lds_fits(t: &Tiling, arch: &ArchInfo) -> bool {
 
 /// Whether the VGPR estimate fits `arch`.
 pub fn vgprs_fit(t: &Tiling, group: u32, arch: &ArchInfo) -> bool {
-    vgprs(t, group).total() <= u64::from(arch.max_vgprs)
+    vgprs(t, group).total() <= u64::from(max_vgprs(t, arch))
+}
+
+/// Registers a lane may use: the arch's per-lane maximum, and on NVIDIA also the SM's register file shared by the
+/// block's threads (a 32-warp block gets 64 per thread; ptxas caps its allocation to what `.maxntid` allows).
+pub fn max_vgprs(t: &Tiling, arch: &ArchInfo) -> u32 {
+    let waves = t
+        .waves_m
+        .saturating_mul(t.waves_n)
+        .saturating_mul(t.waves_k)
+        .max(1);
+    if arch.vendor == Vendor::Nvidia {
+        arch.max_vgprs
+            .min(arch.regs_per_simd_lane.saturating_mul(4) / waves)
+    } else {
+        arch.max_vgprs
+    }
 }

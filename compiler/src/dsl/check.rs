@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use crate::arch::Arch;
+use crate::arch::{Arch, Vendor};
 use crate::dsl::ast::{
     self, Dim, FormatStmtKind, Ident, KernelStmt, KernelStmtKind, KeyValue, Operand, Span,
 };
@@ -1069,7 +1069,27 @@ impl Checker<'_> {
             }
         }
         let waves_total = u64::from(t.waves_m) * u64::from(t.waves_n) * u64::from(t.waves_k);
-        if !(1..=u64::from(budget::MAX_WAVES)).contains(&waves_total) {
+        let infos: Vec<_> = targets.iter().flatten().map(|a| a.info()).collect();
+        let max_waves = budget::max_waves(&infos);
+        if !(1..=u64::from(max_waves)).contains(&waves_total) {
+            let nvidia = infos.iter().filter(|i| i.vendor == Vendor::Nvidia).count();
+            let help = if nvidia == 0 {
+                format!(
+                    "a workgroup has 1 to {max_waves} waves of 64 lanes (at most {} lanes)",
+                    budget::MAX_LANES
+                )
+            } else if nvidia == infos.len() {
+                format!(
+                    "a block has 1 to {max_waves} warps (at most {} threads)",
+                    budget::MAX_LANES
+                )
+            } else {
+                format!(
+                    "a workgroup has 1 to {max_waves} waves: the AMD targets' waves have 64 lanes (at most {} lanes); \
+                     blocks of up to 32 warps need NVIDIA-only targets",
+                    budget::MAX_LANES
+                )
+            };
             self.err(
                 Error::new(
                     loc(unit, waves_s.span),
@@ -1079,10 +1099,7 @@ impl Checker<'_> {
                     ),
                     "too many waves",
                 )
-                .help(format!(
-                    "a workgroup has 1 to {} waves of 64 lanes (at most 1024 lanes)",
-                    budget::MAX_WAVES
-                )),
+                .help(help),
             );
         }
         let unit_m = u64::from(t.waves_m) * u64::from(mma.m());
@@ -1275,7 +1292,7 @@ impl Checker<'_> {
                 push_grouped(&mut lds_over, info.lds_bytes, info.name);
             }
             if !budget::vgprs_fit(t, group, info) {
-                push_grouped(&mut vgpr_over, info.max_vgprs, info.name);
+                push_grouped(&mut vgpr_over, budget::max_vgprs(t, info), info.name);
             }
         }
         for (limit, archs) in lds_over {
@@ -1285,14 +1302,22 @@ impl Checker<'_> {
                     format!("LDS estimate {lds} bytes exceeds the {limit}-byte budget of {}", archs.join(", ")),
                     format!("needs {lds} bytes of LDS"),
                 )
-                .help(format!(
-                    "lds = stages {} x tile m {} x (tile k {} + {}) x {} bytes; use fewer stages or a smaller tile m or k",
-                    t.stages,
-                    t.tile_m,
-                    t.tile_k,
-                    budget::LDS_PAD_ELEMS,
-                    budget::LDS_ELEM_BYTES
-                )),
+                .help(if budget::reduce_bytes(t) == lds {
+                    format!(
+                        "the reduction of the waves along K takes (waves k {} - 1) x tile m {} x tile n {} x 4 bytes; \
+                         use fewer waves along K or a smaller tile m or n",
+                        t.waves_k, t.tile_m, t.tile_n
+                    )
+                } else {
+                    format!(
+                        "lds = stages {} x tile m {} x (tile k {} + {}) x {} bytes; use fewer stages or a smaller tile m or k",
+                        t.stages,
+                        t.tile_m,
+                        t.tile_k,
+                        budget::LDS_PAD_ELEMS,
+                        budget::LDS_ELEM_BYTES
+                    )
+                }),
             );
         }
         for (limit, archs) in vgpr_over {

@@ -181,7 +181,7 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
                     info.name,
                     info.lds_bytes,
                     v.total(),
-                    info.max_vgprs,
+                    budget::max_vgprs(t, info),
                     v.acc,
                     v.wwords,
                     v.scales,
