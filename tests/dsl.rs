@@ -420,7 +420,9 @@ fn cli_usage_errors_exit_2_and_help_exits_0() {
         "gfx1100",
     ]);
     assert!(
-        err.contains("unknown target `gfx1100` (known targets: gfx90a, gfx942, sm_80, sm_90)"),
+        err.contains(
+            "unknown target `gfx1100` (known targets: gfx90a, gfx942, sm_80, sm_90, sm_90a)"
+        ),
         "{err}"
     );
     for args in [

@@ -43,7 +43,9 @@ fn mfma_mnemonic(arch: Arch, atom: MmaAtom) -> &'static str {
         (Arch::Gfx942, MmaAtom::M32N32K8) => "v_mfma_f32_32x32x8_bf16",
         (Arch::Gfx90a, MmaAtom::M16N16K16) => "v_mfma_f32_16x16x16bf16_1k",
         (Arch::Gfx90a, MmaAtom::M32N32K8) => "v_mfma_f32_32x32x8bf16_1k",
-        (Arch::Sm80 | Arch::Sm90, _) => "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+        (Arch::Sm80 | Arch::Sm90 | Arch::Sm90a, _) => {
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+        }
     }
 }
 
@@ -54,7 +56,9 @@ fn mfma_mnemonic_f16(arch: Arch, atom: MmaAtom) -> &'static str {
         (Arch::Gfx942, MmaAtom::M32N32K8) => "v_mfma_f32_32x32x8_f16",
         (Arch::Gfx90a, MmaAtom::M16N16K16) => "v_mfma_f32_16x16x16f16",
         (Arch::Gfx90a, MmaAtom::M32N32K8) => "v_mfma_f32_32x32x8f16",
-        (Arch::Sm80 | Arch::Sm90, _) => "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
+        (Arch::Sm80 | Arch::Sm90 | Arch::Sm90a, _) => {
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"
+        }
     }
 }
 

@@ -87,10 +87,32 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
         sizes,
         "{name}: PTX parameters vs manifest"
     );
-    assert_eq!(
-        shared_bytes(&ptx),
-        p.lds_bytes,
-        "{name}: static shared memory vs plan"
+    if p.dynamic_lds {
+        // Above 48 KiB the buffer is dynamic shared memory, declared extern and sized by the launch.
+        assert_eq!(shared_bytes(&ptx), 0, "{name}: no static shared memory");
+        assert!(
+            ptx.contains(".extern .shared .align 16 .b8 __dynamic_shmem__0[];"),
+            "{name}: dynamic shared memory"
+        );
+        assert_eq!(out.manifest.launch.lds_bytes, 0, "{name}");
+        assert_eq!(out.manifest.launch.dynamic_lds_bytes, p.lds_bytes, "{name}");
+    } else {
+        assert_eq!(
+            shared_bytes(&ptx),
+            p.lds_bytes,
+            "{name}: static shared memory vs plan"
+        );
+        assert!(!ptx.contains(".extern .shared"), "{name}");
+        assert_eq!(out.manifest.launch.dynamic_lds_bytes, 0, "{name}");
+    }
+    // The runtime accepts the PTX for its manifest, and notices a manifest that disagrees about dynamic memory.
+    nibble_runtime::ptx::check_against_manifest(&out.hsaco, &out.manifest)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let mut wrong = out.manifest.clone();
+    wrong.launch.dynamic_lds_bytes = if p.dynamic_lds { 0 } else { 1024 };
+    assert!(
+        nibble_runtime::ptx::check_against_manifest(&out.hsaco, &wrong).is_err(),
+        "{name}: a dynamic shared memory mismatch goes unnoticed"
     );
     assert!(
         ptx.contains("nibble_source_hash"),
@@ -104,13 +126,36 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
         DType::Bf16 => "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
         DType::F16 => "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
     };
-    // One mma per token atom, weight atom and 16-K step of an iteration (the loop is not unrolled).
+    // One mma per token atom, weight atom and 16-K step of an iteration (the loop is not unrolled); on the wgmma
+    // route one warpgroup-wide wgmma per 16-K step instead, behind a fence, committed and waited for.
     let mmas = ptx.matches(mma).count() as u32;
-    assert_eq!(
-        mmas,
-        p.m_tiles * p.n_tiles * p.pairs_per_iter,
-        "{name}: mma count"
-    );
+    if p.wgmma {
+        assert_eq!(mmas, 0, "{name}: no mma.sync on the wgmma route");
+        let wgmma = format!(
+            "wgmma.mma_async.sync.aligned.m64n{}k16.f32.bf16.bf16",
+            p.tiling.tile_m
+        );
+        assert_eq!(
+            ptx.matches(&wgmma).count() as u32,
+            p.pairs_per_iter,
+            "{name}: wgmma count"
+        );
+        for op in [
+            "wgmma.fence.sync.aligned",
+            "wgmma.commit_group.sync.aligned",
+            "wgmma.wait_group.sync.aligned 0",
+            "fence.proxy.async.shared::cta",
+        ] {
+            assert!(ptx.contains(op), "{name}: {op}");
+        }
+    } else {
+        assert!(!ptx.contains("wgmma"), "{name}");
+        assert_eq!(
+            mmas,
+            p.m_tiles * p.n_tiles * p.pairs_per_iter,
+            "{name}: mma count"
+        );
+    }
     // The scale is applied by packed 16-bit multiplies, four per weight word.
     let mul = match p.x {
         DType::Bf16 => "mul.rn.bf16x2",
@@ -144,6 +189,7 @@ fn gpu_matrix_and_benchmark_kernels_compile_for_sm_90() {
         "tests/gpu/matrix.nib",
         "bench/kernels/decode.nib",
         "bench/kernels/prefill.nib",
+        "bench/kernels/prefill_wgmma.nib",
     ] {
         let src = std::fs::read_to_string(path).expect("readable");
         let kernels = check_file(path, &src);
@@ -153,9 +199,62 @@ fn gpu_matrix_and_benchmark_kernels_compile_for_sm_90() {
             .iter()
             .step_by(if path.starts_with("bench") { 4 } else { 1 })
         {
-            check_ptx(spec, Arch::Sm90);
+            let nv = spec
+                .targets
+                .iter()
+                .copied()
+                .find(|a| a.is_nvidia())
+                .expect("an NVIDIA target");
+            check_ptx(spec, nv);
         }
     }
+}
+
+/// The wgmma route is the planner's choice on sm_90a for warpgroups of 16-row warps; every other tiling, and every
+/// sm_90 kernel, keeps mma.sync. Above 48 KiB the tile is dynamic shared memory, on either path.
+#[test]
+fn sm_90a_plans_take_wgmma_where_warpgroups_fit_and_dynamic_shared_memory_above_48_kib() {
+    let src = |target: &str, tile: &str, waves: &str, stages: u32| {
+        format!(
+            "kernel k {{ target {target}; x bf16[M, 1024]; w mxfp4[512, 1024]; y bf16[M, 512]; \
+             tile {tile}; waves {waves}; mma 16x16x16; stages {stages} }}"
+        )
+    };
+    let plan_of = |text: String, arch: Arch| {
+        let kernels = check_file("k.nib", &text);
+        nibble_compiler::plan::plan(&kernels[0], arch).expect("plans")
+    };
+    let wg = plan_of(src("sm_90a", "m=64 n=128 k=128", "m=1 n=8", 2), Arch::Sm90a);
+    assert!(wg.wgmma && !wg.dynamic_lds);
+    // The core-matrix layout needs no padding: 2 stages x 64 tokens x 128 of K.
+    assert_eq!(wg.lds_bytes, 2 * 64 * 128 * 2);
+    let big = plan_of(
+        src("sm_90a", "m=128 n=256 k=128", "m=1 n=16", 2),
+        Arch::Sm90a,
+    );
+    assert!(big.wgmma && big.dynamic_lds && big.lds_bytes == 65536);
+    // 32 rows per warp, or sm_90: mma.sync.
+    assert!(!plan_of(src("sm_90a", "m=64 n=128 k=128", "m=1 n=4", 2), Arch::Sm90a).wgmma);
+    let sync = plan_of(src("sm_90", "m=64 n=128 k=128", "m=1 n=8", 2), Arch::Sm90);
+    assert!(!sync.wgmma && !sync.dynamic_lds);
+    let deep = plan_of(src("sm_90", "m=80 n=128 k=128", "m=1 n=4", 3), Arch::Sm90);
+    assert!(!deep.wgmma && deep.dynamic_lds && deep.lds_bytes == 3 * 80 * 136 * 2);
+    // The core-matrix offsets: 8 tokens x 8 of K per 128 bytes, K chunks adjacent, 8-token groups tile_k * 16
+    // bytes apart; every element of a stage has its own place.
+    let mut seen = std::collections::HashSet::new();
+    for row in 0..64 {
+        for k in 0..128 {
+            assert!(
+                seen.insert(wg.wgmma_x_offset(row, k)),
+                "({row}, {k}) collides"
+            );
+        }
+    }
+    assert_eq!(wg.wgmma_x_offset(0, 8), 64);
+    assert_eq!(wg.wgmma_x_offset(1, 0), 8);
+    assert_eq!(wg.wgmma_x_offset(8, 0), 128 * 8);
+    assert_eq!(seen.len(), 64 * 128);
+    assert!(seen.iter().all(|&o| o < 64 * 128));
 }
 
 #[test]

@@ -11,6 +11,8 @@ pub enum Arch {
     Gfx942,
     Sm80,
     Sm90,
+    /// sm_90 with its arch-specific instructions (`wgmma`): PTX `.target sm_90a`, runs on compute capability 9.0 only.
+    Sm90a,
 }
 
 /// GPU vendor family: decides the kernel builder, the dequant route and the codegen backend.
@@ -95,12 +97,13 @@ pub const ARCHES: &[ArchInfo] = &[
     },
     // NVIDIA: a "SIMD" is an SM sub-partition (4 per SM, 16K 32-bit registers = 512 per lane slot, 16 warps); the
     // DSL's MFMA atoms map to m16n8k16 `mma.sync` (2 or 4 per atom); integer/logic instructions issue at 16 lanes per
-    // cycle per sub-partition. Static shared memory is limited to 48 KiB per block.
+    // cycle per sub-partition. `lds_bytes` is the shared memory a block may opt into (227 KiB on sm_90, 163 KiB on
+    // sm_80); above 48 KiB it is dynamic shared memory (`Plan::dynamic_lds`).
     ArchInfo {
         arch: Arch::Sm80,
         name: "sm_80",
         wave_size: 32,
-        lds_bytes: 48 * 1024,
+        lds_bytes: 163 * 1024,
         regs_per_simd_lane: 512,
         max_vgprs: 255,
         max_waves_per_simd: 16,
@@ -120,7 +123,7 @@ pub const ARCHES: &[ArchInfo] = &[
         arch: Arch::Sm90,
         name: "sm_90",
         wave_size: 32,
-        lds_bytes: 48 * 1024,
+        lds_bytes: 227 * 1024,
         regs_per_simd_lane: 512,
         max_vgprs: 255,
         max_waves_per_simd: 16,
@@ -133,6 +136,25 @@ pub const ARCHES: &[ArchInfo] = &[
         vendor: Vendor::Nvidia,
         valu_issue_cycles: 2.0,
         // Not modelled on NVIDIA: its tilings were chosen by measurement on the H100.
+        llc_mb: 0.0,
+        llc_tb_s: 0.0,
+    },
+    ArchInfo {
+        arch: Arch::Sm90a,
+        name: "sm_90a",
+        wave_size: 32,
+        lds_bytes: 227 * 1024,
+        regs_per_simd_lane: 512,
+        max_vgprs: 255,
+        max_waves_per_simd: 16,
+        cus: 132,
+        mfma_atoms: ATOMS,
+        mfma_cycles: [8, 8],
+        hbm_tb_s: 3.35,
+        bf16_tflops: 990.0,
+        clock_ghz: 1.83,
+        vendor: Vendor::Nvidia,
+        valu_issue_cycles: 2.0,
         llc_mb: 0.0,
         llc_tb_s: 0.0,
     },

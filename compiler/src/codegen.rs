@@ -114,6 +114,26 @@ pub fn compile(module: &mut Module<'static>, arch: Arch) -> Result<Artifacts, Co
             CodeModel::Default,
         )
         .ok_or_else(|| CodegenError::Llvm(format!("no target machine for {}", arch.name())))?;
+    // MLIR lowers `gpu.dynamic_shared_memory` to an internal zero-length shared array, which NVPTX emits as a
+    // one-byte static variable; CUDA's dynamic shared memory is an `.extern .shared` array of unknown size.
+    let mut g = lm.get_first_global();
+    while let Some(global) = g {
+        if global
+            .get_name()
+            .to_bytes()
+            .starts_with(b"__dynamic_shmem__")
+        {
+            global.set_linkage(inkwell::module::Linkage::External);
+            // SAFETY: a global of `lm`; a null initializer turns the definition into a declaration.
+            unsafe {
+                inkwell::llvm_sys::core::LLVMSetInitializer(
+                    inkwell::values::AsValueRef::as_value_ref(&global),
+                    std::ptr::null_mut(),
+                );
+            }
+        }
+        g = global.get_next_global();
+    }
     lm.set_triple(&triple);
     lm.set_data_layout(&tm.get_target_data().get_data_layout());
     lm.verify().map_err(|e| CodegenError::Llvm(e.to_string()))?;

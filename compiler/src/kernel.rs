@@ -167,7 +167,10 @@ where
     let lds_elem = if p.dequant.xf32 { f32t } else { xt };
     let lds_ty: Type = MemRefType::new(lds_elem, &[lds_elems as i64], None, Some(lds_space)).into();
     let mut block_args: Vec<(Type, Location)> = inputs.iter().map(|t| (*t, e.loc)).collect();
-    block_args.push((lds_ty, e.loc));
+    // Dynamic shared memory (NVIDIA, above 48 KiB) is a view of the block's dynamic buffer, not an attribution.
+    if !p.dynamic_lds {
+        block_args.push((lds_ty, e.loc));
+    }
     let region = Region::new();
     let entry = ir::emit::detach(region.append_block(Block::new(&block_args)));
     let mut it = (0..block_args.len()).map(|i| {
@@ -200,7 +203,15 @@ where
     } else {
         None
     };
-    let lds = next()?;
+    let lds = if p.dynamic_lds {
+        let b = e.at(entry);
+        let bytes_ty: Type = MemRefType::new(e.int(8), &[i64::MIN], None, Some(lds_space)).into();
+        let dynamic = b.op1("gpu.dynamic_shared_memory", &[], bytes_ty, &[])?;
+        let zero = b.idx(0)?;
+        b.op1("memref.view", &[dynamic, zero], lds_ty, &[])?
+    } else {
+        next()?
+    };
     let args = Args {
         x,
         w,
@@ -226,7 +237,7 @@ where
             ),
             (
                 e.ident("workgroup_attributions"),
-                IntegerAttribute::new(i64t, 1).into(),
+                IntegerAttribute::new(i64t, i64::from(!p.dynamic_lds)).into(),
             ),
         ])
         .add_regions([region])

@@ -102,19 +102,36 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let mut slots = vec![];
     for v in 0..p.x_vecs_per_thread {
         let vid = e.addi(tid, c(v * p.threads)?)?;
-        let row = e.divui(vid, c(vecs_per_row)?)?;
-        let col = e.remui(vid, c(vecs_per_row)?)?;
+        // wgmma: vector v is row 8 * (v / (8 * vecs_per_row)) + v % 8, K vector (v / 8) % vecs_per_row, so that its
+        // place in the core-matrix layout (`Plan::wgmma_x_offset`) is 8 * v: a warp stores 512 contiguous bytes.
+        let (row, col) = if p.wgmma {
+            let grp = e.divui(vid, c(8 * vecs_per_row)?)?;
+            let r8 = e.remui(vid, c(8)?)?;
+            let row = e.addi(e.muli(grp, c(8)?)?, r8)?;
+            let col = e.remui(e.divui(vid, c(8)?)?, c(vecs_per_row)?)?;
+            (row, col)
+        } else {
+            (
+                e.divui(vid, c(vecs_per_row)?)?,
+                e.remui(vid, c(vecs_per_row)?)?,
+            )
+        };
         let col8 = e.muli(col, c(8)?)?;
         let grow = e.addi(m0, row)?;
         let in_m = e.cmpi(Cmp::Ult, grow, m_idx)?;
         let grow = e.op1("arith.minui", &[grow, last_row], e.index(), &[])?;
         let gofs = e.muli(grow, c(p.k)?)?;
-        let l = e.muli(row, c(p.lds_row)?)?;
+        let (global, local) = if p.wgmma {
+            (e.addi(gofs, col8)?, e.muli(vid, c(8)?)?)
+        } else {
+            let l = e.muli(row, c(p.lds_row)?)?;
+            (e.addi(gofs, col8)?, e.addi(l, col8)?)
+        };
         let ragged = (v + 1) * p.threads > total_vecs;
         slots.push(Slot {
-            global: e.addi(gofs, col8)?,
+            global,
             in_m,
-            local: e.addi(l, col8)?,
+            local,
             valid: if ragged {
                 Some(e.cmpi(Cmp::Ult, vid, c(total_vecs)?)?)
             } else {
@@ -141,6 +158,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                     None => e.vstore_aligned(*v, a.lds, idx, 16)?,
                     Some(ok) => e.if_then(ok, |inner| inner.vstore_aligned(*v, a.lds, idx, 16))?,
                 }
+            }
+            if p.wgmma {
+                // wgmma reads shared memory through the async proxy: the tile's ordinary stores must be made
+                // visible to it (every caller follows with a barrier).
+                e.inline_asm("fence.proxy.async.shared::cta;", "~{memory}", &[], None)?;
             }
             Ok(())
         };
@@ -285,80 +307,127 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         carried.extend(load_w(&l, next)?);
         carried.extend(load_s(&l, next)?);
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
-        let (sbase, xnext) = ring_step(&l, p, kt, rel, ub, bz.is_some(), &load_x, &store_x)?;
-        for step in 0..p.pairs_per_iter {
-            // B fragments of this 16-K step for every token atom.
-            let mut bfr = vec![];
-            for off in &b_off {
-                let idx = l.addi(sbase, *off)?;
-                let idx = l.addi(idx, l.idx(i64::from(step * NV_ATOM_K))?)?;
-                let bytes = l.muli(idx, l.idx(2)?)?;
-                let addr = l.addi(lds_base, bytes)?;
-                let addr = l.index_cast(addr, i32t)?;
-                let ptr = l.op1("llvm.inttoptr", &[addr], ptr3, &[])?;
-                let m = l.op1(
-                    "nvvm.ldmatrix",
-                    &[ptr],
-                    quad,
-                    &[
-                        ("num", l.attr("4 : i32")?),
-                        ("layout", l.attr("#nvvm.mma_layout<row>")?),
-                        ("shape", l.attr("#nvvm.ld_st_matrix_shape<m = 8, n = 8>")?),
-                        ("eltType", l.attr("#nvvm.ld_st_matrix_elt_type<b16>")?),
-                    ],
-                )?;
-                let mut regs = vec![];
-                for i in 0..4i64 {
-                    let r = l.op1(
-                        "llvm.extractvalue",
-                        &[m],
-                        i32t,
-                        &[(
-                            "position",
-                            melior::ir::attribute::DenseI64ArrayAttribute::new(l.ctx, &[i]).into(),
-                        )],
-                    )?;
-                    regs.push(if p.x == DType::F16 {
-                        let v1 = l.broadcast(r, v1i)?;
-                        l.vbitcast(v1, v2)?
-                    } else {
-                        r
-                    });
-                }
-                bfr.push([regs[0], regs[1]]);
-                if bfr.len() < p.m_tiles as usize {
-                    bfr.push([regs[2], regs[3]]);
-                }
-            }
+        let ring_now =
+            |l: &Emitter<'c, 'b>| ring_step(l, p, kt, rel, ub, bz.is_some(), &load_x, &store_x);
+        // A single-buffered wgmma plan refills its only stage after waiting for the previous tile's wgmmas;
+        // everything else issues the activation loads first.
+        let early = if p.wgmma && ring == 1 {
+            None
+        } else {
+            Some(ring_now(&l)?)
+        };
+        // The A registers of 16-K step `step` for n-tile `ns`: the dequantized weight word, scaled.
+        let areg_for = |step: u32, ns: usize| -> Result<[Value<'c, 'b>; 4], IrError> {
             let chunk = (step / 4) as usize;
             let j = i64::from(step % 4);
             // Scale slot of this step inside its 64-K chunk.
             let gl = i64::from(step % 4 * NV_ATOM_K / p.format.group.min(NV_CHUNK_K));
-            for ns in 0..p.n_tiles as usize {
-                let wv = wcur[ns * p.wchunks_per_iter as usize + chunk];
-                let word = l.extract(wv, j, i32t)?;
-                let sv = scur[ns * p.wchunks_per_iter as usize + chunk];
-                let scale = l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], xt)?;
-                let deq = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
-                let mut regs = vec![];
-                for r in 0..4i64 {
-                    let pair = l.shuffle(deq, deq, &[2 * r, 2 * r + 1], xt)?;
-                    regs.push(as_i32(&l, pair)?);
+            let wv = wcur[ns * p.wchunks_per_iter as usize + chunk];
+            let word = l.extract(wv, j, i32t)?;
+            let sv = scur[ns * p.wchunks_per_iter as usize + chunk];
+            let scale = l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], xt)?;
+            let deq = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
+            let mut regs = vec![];
+            for r in 0..4i64 {
+                let pair = l.shuffle(deq, deq, &[2 * r, 2 * r + 1], xt)?;
+                regs.push(as_i32(&l, pair)?);
+            }
+            Ok([regs[0], regs[1], regs[2], regs[3]])
+        };
+        if p.wgmma {
+            // Each tile's wgmmas stay in flight until the next iteration has issued its weight and activation loads.
+            // Wait for the previous tile's wgmmas before dequantizing: they still read their A registers, and ptxas
+            // allocates registers as if wgmma read them at issue (it would hand them to this tile's A values).
+            l.inline_asm("wgmma.wait_group.sync.aligned 0;", "~{memory}", &[], None)?;
+            let aregs = (0..p.pairs_per_iter)
+                .map(|step| areg_for(step, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (sbase, xnext) = match early {
+                Some(v) => v,
+                None => ring_now(&l)?,
+            };
+            ring_store(&l, p, rel, xnext, &store_x)?;
+            let bytes = l.muli(sbase, l.idx(2)?)?;
+            let addr = l.addi(lds_base, bytes)?;
+            let addr = l.index_cast(addr, i32t)?;
+            let desc0 = wgmma_descriptor(&l, addr, p)?;
+            l.inline_asm("wgmma.fence.sync.aligned;", "~{memory}", &[], None)?;
+            for (step, areg) in aregs.iter().enumerate() {
+                // Each step moves 16 of K: two core matrices, 256 bytes (16 in the descriptor's units).
+                let desc = l.addi(desc0, l.const_int(16 * step as i64, l.int(64))?)?;
+                let out = wgmma(&l, p, &accs, areg, desc)?;
+                accs.copy_from_slice(&out);
+            }
+            l.inline_asm("wgmma.commit_group.sync.aligned;", "~{memory}", &[], None)?;
+        } else {
+            let (sbase, xnext) = early.ok_or_else(|| {
+                ir::emit::build_err("gpu.func", "the mma.sync path stages the tile first")
+            })?;
+            for step in 0..p.pairs_per_iter {
+                // B fragments of this 16-K step for every token atom.
+                let mut bfr = vec![];
+                for off in &b_off {
+                    let idx = l.addi(sbase, *off)?;
+                    let idx = l.addi(idx, l.idx(i64::from(step * NV_ATOM_K))?)?;
+                    let bytes = l.muli(idx, l.idx(2)?)?;
+                    let addr = l.addi(lds_base, bytes)?;
+                    let addr = l.index_cast(addr, i32t)?;
+                    let ptr = l.op1("llvm.inttoptr", &[addr], ptr3, &[])?;
+                    let m = l.op1(
+                        "nvvm.ldmatrix",
+                        &[ptr],
+                        quad,
+                        &[
+                            ("num", l.attr("4 : i32")?),
+                            ("layout", l.attr("#nvvm.mma_layout<row>")?),
+                            ("shape", l.attr("#nvvm.ld_st_matrix_shape<m = 8, n = 8>")?),
+                            ("eltType", l.attr("#nvvm.ld_st_matrix_elt_type<b16>")?),
+                        ],
+                    )?;
+                    let mut regs = vec![];
+                    for i in 0..4i64 {
+                        let r = l.op1(
+                            "llvm.extractvalue",
+                            &[m],
+                            i32t,
+                            &[(
+                                "position",
+                                melior::ir::attribute::DenseI64ArrayAttribute::new(l.ctx, &[i])
+                                    .into(),
+                            )],
+                        )?;
+                        regs.push(if p.x == DType::F16 {
+                            let v1 = l.broadcast(r, v1i)?;
+                            l.vbitcast(v1, v2)?
+                        } else {
+                            r
+                        });
+                    }
+                    bfr.push([regs[0], regs[1]]);
+                    if bfr.len() < p.m_tiles as usize {
+                        bfr.push([regs[2], regs[3]]);
+                    }
                 }
-                let areg = [regs[0], regs[1], regs[2], regs[3]];
-                for (ms, b) in bfr.iter().enumerate() {
-                    let base = (ms * p.n_tiles as usize + ns) * 4;
-                    let cur = [accs[base], accs[base + 1], accs[base + 2], accs[base + 3]];
-                    let out = l.mma_sync(operand, &areg, b, &cur)?;
-                    accs[base..base + 4].copy_from_slice(&out);
+                for ns in 0..p.n_tiles as usize {
+                    let areg = areg_for(step, ns)?;
+                    for (ms, b) in bfr.iter().enumerate() {
+                        let base = (ms * p.n_tiles as usize + ns) * 4;
+                        let cur = [accs[base], accs[base + 1], accs[base + 2], accs[base + 3]];
+                        let out = l.mma_sync(operand, &areg, b, &cur)?;
+                        accs[base..base + 4].copy_from_slice(&out);
+                    }
                 }
             }
+            ring_store(&l, p, rel, xnext, &store_x)?;
         }
-        ring_store(&l, p, rel, xnext, &store_x)?;
         accs.extend(carried);
         Ok(accs)
     })?;
 
+    if p.wgmma {
+        // The last tile's wgmmas are still in flight.
+        e.inline_asm("wgmma.wait_group.sync.aligned 0;", "~{memory}", &[], None)?;
+    }
     let kwave = KWave { kw, wave: warp };
     let results = reduce_k_waves(e, p, a, &kwave, lane, &results[..acc_count], 1)?;
 
@@ -430,4 +499,69 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     )?;
     e.op("gpu.return", &[], &[], &[])?;
     Ok(())
+}
+
+/// The wgmma matrix descriptor of the activation stage at shared address `addr` (K-major, no swizzle,
+/// `Plan::wgmma_x_offset`): start address, leading byte offset 128 (the next 8 of K of the same tokens), stride byte
+/// offset `tile_k * 16` (the next 8 tokens), each encoded as bytes >> 4.
+fn wgmma_descriptor<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    addr: Value<'c, 'b>,
+    p: &Plan,
+) -> Result<Value<'c, 'b>, IrError> {
+    let start = e.shrui(addr, e.i32c(4)?)?;
+    let start = e.andi(start, e.i32c(0x3FFF)?)?;
+    let lo = e.ori(start, e.i32c((128 >> 4) << 16)?)?;
+    let lo = e.extui(lo, e.int(64))?;
+    let sbo = (i64::from(p.tiling.tile_k) * 16) >> 4;
+    e.ori(lo, e.const_int(sbo << 32, e.int(64))?)
+}
+
+/// One `wgmma.mma_async.m64n{tile_m}k16` (bf16, f32 accumulators, A from registers): `acc` (tile_m / 2 values,
+/// in and out), `a` the warp's four A registers, `desc` the B descriptor.
+fn wgmma<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    p: &Plan,
+    acc: &[Value<'c, 'b>],
+    a: &[Value<'c, 'b>; 4],
+    desc: Value<'c, 'b>,
+) -> Result<Vec<Value<'c, 'b>>, IrError> {
+    let na = acc.len();
+    let d: Vec<String> = (0..na).map(|i| format!("${i}")).collect();
+    let asm = format!(
+        "{{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\nwgmma.mma_async.sync.aligned.m64n{}k16.f32.bf16.bf16 {{{}}}, \
+         {{${}, ${}, ${}, ${}}}, ${}, p, 1, 1, 0;\n}}",
+        p.tiling.tile_m,
+        d.join(", "),
+        2 * na,
+        2 * na + 1,
+        2 * na + 2,
+        2 * na + 3,
+        2 * na + 4
+    );
+    let mut constraints: Vec<String> = (0..na).map(|_| "=f".to_string()).collect();
+    constraints.extend((0..na).map(|i| i.to_string()));
+    constraints.extend(["r", "r", "r", "r", "l", "~{memory}"].map(String::from));
+    let mut operands = acc.to_vec();
+    operands.extend_from_slice(a);
+    operands.push(desc);
+    let fields = vec!["f32"; na].join(", ");
+    let st = melior::ir::Type::parse(e.ctx, &format!("!llvm.struct<({fields})>"))
+        .ok_or_else(|| ir::emit::build_err("llvm.inline_asm", "wgmma result type"))?;
+    let r = e
+        .inline_asm(&asm, &constraints.join(","), &operands, Some(st))?
+        .ok_or_else(|| ir::emit::build_err("llvm.inline_asm", "wgmma has no result"))?;
+    (0..na)
+        .map(|i| {
+            e.op1(
+                "llvm.extractvalue",
+                &[r],
+                e.f32(),
+                &[(
+                    "position",
+                    melior::ir::attribute::DenseI64ArrayAttribute::new(e.ctx, &[i as i64]).into(),
+                )],
+            )
+        })
+        .collect()
 }

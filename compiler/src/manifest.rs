@@ -68,7 +68,8 @@ pub fn from_plan(p: &Plan) -> Manifest {
         launch: m::Launch {
             block: [p.threads, 1, 1],
             grid: p.grid,
-            lds_bytes: p.lds_bytes,
+            lds_bytes: if p.dynamic_lds { 0 } else { p.lds_bytes },
+            dynamic_lds_bytes: if p.dynamic_lds { p.lds_bytes } else { 0 },
         },
         args: p.args.clone(),
         kernarg_bytes: p.kernarg_bytes,

@@ -152,6 +152,14 @@ pub struct Plan {
     pub dequant: DequantPlan,
     /// NVIDIA targets: the fragment bit recipe (None on AMD).
     pub fragment: Option<FragmentPlan>,
+    /// sm_90a: each group of 4 warps (16 weight rows each, one warpgroup = 64 rows) issues one asynchronous
+    /// `wgmma.mma_async.m64n{tile_m}k16` per 16-K step, A (the dequantized weights) from registers in the
+    /// `mma.sync` fragment layout, B (the activation tile) from shared memory in the K-major core-matrix layout
+    /// (`Plan::wgmma_x_offset`); the accumulators are laid out as the `mma.sync` path's with one n-tile.
+    pub wgmma: bool,
+    /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
+    /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
+    pub dynamic_lds: bool,
     pub weight_layout: WeightLayout,
     pub scale_layout: ScaleLayout,
     pub grid: [GridDim; 3],
@@ -234,7 +242,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let convert = match arch {
         Arch::Gfx942 => Bf8Convert::Hardware,
         Arch::Gfx90a => Bf8Convert::ViaF16,
-        Arch::Sm80 | Arch::Sm90 => Bf8Convert::Direct,
+        Arch::Sm80 | Arch::Sm90 | Arch::Sm90a => Bf8Convert::Direct,
     };
     let fragment = if convert == Bf8Convert::Direct {
         Some(fragment_plan(spec).map_err(unsupported)?)
@@ -273,8 +281,17 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     } else {
         (wave_m / atom.m(), wave_n / atom.n())
     };
-    // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded.
-    let lds_row = if xf32 {
+    let wgmma = arch == Arch::Sm90a
+        && spec.x == DType::Bf16
+        && t.waves_m == 1
+        && t.waves_k == 1
+        && wave_n == NV_ATOM_ROWS
+        && t.waves_n.is_multiple_of(4)
+        && t.tile_m.is_multiple_of(NV_ATOM_TOKENS)
+        && t.tile_m <= WGMMA_MAX_N;
+    // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded; wgmma's core matrices
+    // need no padding.
+    let lds_row = if xf32 || wgmma {
         t.tile_k
     } else {
         t.tile_k + LDS_ROW_PAD
@@ -303,12 +320,15 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     }
     if nvidia && (lds_bytes > arch.info().lds_bytes || !wave_n.is_multiple_of(NV_ATOM_ROWS)) {
         return Err(unsupported(format!(
-            "on {} a wave's {} weight rows must be a multiple of 16 and the x tile must fit 48 KiB of static shared \
-             memory (it needs {lds_bytes} bytes)",
+            "on {} a wave's {} weight rows must be a multiple of 16 and the x tile must fit the {} bytes of shared \
+             memory a block may use (it needs {lds_bytes} bytes)",
             arch.name(),
-            wave_n
+            wave_n,
+            arch.info().lds_bytes
         )));
     }
+    // CUDA gives a block 48 KiB of static shared memory; more is dynamic, opted into at load time.
+    let dynamic_lds = nvidia && lds_bytes > NV_STATIC_SMEM_BYTES;
 
     let k_iters = spec.k / t.tile_k;
     let split_k = choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, t.waves_k, arch);
@@ -442,6 +462,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             dtype: nvidia.then(|| spec.x.name().to_string()),
         },
         fragment,
+        wgmma,
+        dynamic_lds,
         grid: [
             GridDim::Const {
                 value: spec.n / t.tile_n,
@@ -512,6 +534,10 @@ pub fn route(spec: &KernelSpec, t: &Tiling, arch: Arch) -> Route {
 
 /// NVIDIA m16n8k16: weight rows per A atom, tokens per B atom, K per step.
 pub const NV_ATOM_ROWS: u32 = 16;
+/// Static shared memory a CUDA block may declare.
+pub const NV_STATIC_SMEM_BYTES: u32 = 48 * 1024;
+/// Largest N (tokens) of one `wgmma.mma_async.m64nNk16`.
+pub const WGMMA_MAX_N: u32 = 256;
 pub const NV_ATOM_TOKENS: u32 = 8;
 pub const NV_ATOM_K: u32 = 16;
 /// K covered by one 16-byte weight load of a lane on NVIDIA (4 words, one per m16n8k16 step).
@@ -614,6 +640,14 @@ pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, waves_k: u32, arc
 }
 
 impl Plan {
+    /// wgmma: element offset of (token row `row`, K element `k`) in one stage of the activation tile. B is K-major
+    /// in core matrices of 8 tokens x 8 K (128 contiguous bytes, a token's 8 K elements in 16 bytes); the core
+    /// matrices of one 8-token group follow each other along K (128 bytes apart: the descriptor's leading byte
+    /// offset), and 8-token groups are `tile_k * 16` bytes apart (its stride byte offset).
+    pub fn wgmma_x_offset(&self, row: u32, k: u32) -> u32 {
+        (row / 8) * self.tiling.tile_k * 8 + (k / 8) * 64 + (row % 8) * 8 + k % 8
+    }
+
     /// Index of the scale that MFMA pair `pair` of a K iteration uses, relative to the lane's first scale of the
     /// iteration (see `lane_scale_offset`). Pairs span `2 * atom.k` of K; a lane's 8 elements of a pair are K offsets
     /// `8q .. 8q+7` (q = lane / atom_n), which never straddle a group because groups are multiples of 8.

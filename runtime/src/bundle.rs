@@ -568,6 +568,7 @@ pub(crate) mod testutil {
                     GridDim::Const { value: 1 },
                 ],
                 lds_bytes: 4096,
+                dynamic_lds_bytes: 0,
             },
             args,
             kernarg_bytes,

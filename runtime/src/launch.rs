@@ -768,6 +768,26 @@ mod tests {
         m
     }
 
+    #[test]
+    fn dynamic_shared_memory_is_an_nvidia_launch_setting() {
+        let mut m = manifest();
+        m.launch.dynamic_lds_bytes = 65536;
+        let e = m
+            .validate()
+            .expect_err("an AMD kernel with dynamic shared memory");
+        assert!(
+            e.contains("dynamic_lds_bytes") && e.contains("gfx942"),
+            "{e}"
+        );
+        // It round-trips through JSON, and is left out when zero.
+        m.arch = "sm_90a".into();
+        let text = serde_json::to_string(&m.launch).unwrap();
+        assert!(text.contains(r#""dynamic_lds_bytes":65536"#), "{text}");
+        m.launch.dynamic_lds_bytes = 0;
+        let text = serde_json::to_string(&m.launch).unwrap();
+        assert!(!text.contains("dynamic_lds_bytes"), "{text}");
+    }
+
     fn buf(addr: u64, bytes: usize, elem: &'static str) -> ArgValue<'static> {
         // SAFETY: these values are only written into kernarg buffers in tests, never launched.
         ArgValue::Buffer(unsafe { BufferArg::from_raw(addr, bytes, elem) })

@@ -156,6 +156,14 @@ pub struct Launch {
     pub grid: [GridDim; 3],
     /// Static LDS bytes per workgroup.
     pub lds_bytes: u32,
+    /// Dynamic shared memory bytes per block (NVIDIA, where a kernel needs more than the 48 KiB a block may declare
+    /// statically): the runtime opts the function into them and passes them at launch. 0 (absent) otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dynamic_lds_bytes: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl Launch {
@@ -343,6 +351,12 @@ impl Manifest {
             return Err(format!(
                 "group {} does not divide K={}",
                 self.format.group, s.k
+            ));
+        }
+        if self.launch.dynamic_lds_bytes > 0 && !self.arch.starts_with("sm_") {
+            return Err(format!(
+                "launch.dynamic_lds_bytes is a CUDA launch setting; {} kernels take their LDS from lds_bytes",
+                self.arch
             ));
         }
         if self.format.element.exp_bits + self.format.element.man_bits != 3 {

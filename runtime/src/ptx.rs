@@ -30,6 +30,11 @@ pub enum PtxError {
         "PTX declares {ptx} bytes of static shared memory, the manifest's lds_bytes is {manifest}"
     )]
     Shared { ptx: u64, manifest: u32 },
+    #[error(
+        "PTX {} dynamic shared memory, the manifest's dynamic_lds_bytes is {manifest}",
+        if *ptx { "declares" } else { "declares no" }
+    )]
+    DynamicShared { ptx: bool, manifest: u32 },
     #[error("PTX has no `{SOURCE_HASH_SYMBOL}` byte array (nibble embeds the kernel's source hash in every code object)")]
     NoSourceHash,
     #[error("the PTX was compiled from another source (source hash {ptx}) than the manifest says ({manifest})")]
@@ -52,6 +57,8 @@ pub struct PtxInfo {
     pub entries: Vec<PtxEntry>,
     /// Total static `.shared` bytes.
     pub shared_bytes: u64,
+    /// Whether the module declares dynamic shared memory (`.extern .shared ... name[]`).
+    pub dynamic_shared: bool,
     /// The bytes of `nibble_source_hash`, if declared with an initializer.
     pub source_hash: Option<Vec<u8>>,
 }
@@ -162,6 +169,7 @@ pub fn parse(bytes: &[u8]) -> Result<PtxInfo, PtxError> {
         rest = &after[open + close..];
     }
     let mut shared_bytes = 0u64;
+    let mut dynamic_shared = false;
     for (i, _) in text.match_indices(".shared") {
         // A declaration has `.shared` as its own token (`ld.shared.u32`, `cvta.shared` are instructions).
         let before = text[..i].chars().next_back();
@@ -177,7 +185,7 @@ pub fn parse(bytes: &[u8]) -> Result<PtxInfo, PtxError> {
         match decl_bytes(decl) {
             Ok((_, b)) if !is_extern => shared_bytes = shared_bytes.saturating_add(b),
             // Dynamic shared memory (`.extern .shared ... name[]`) has no static size.
-            _ if is_extern => {}
+            _ if is_extern => dynamic_shared = true,
             Ok(_) => {}
             Err(w) => return Err(PtxError::Malformed(format!(".shared declaration: {w}"))),
         }
@@ -187,6 +195,7 @@ pub fn parse(bytes: &[u8]) -> Result<PtxInfo, PtxError> {
         target,
         entries,
         shared_bytes,
+        dynamic_shared,
         source_hash,
     })
 }
@@ -284,6 +293,12 @@ pub fn check_against_manifest(bytes: &[u8], m: &Manifest) -> Result<PtxInfo, Ptx
             manifest: m.launch.lds_bytes,
         });
     }
+    if info.dynamic_shared != (m.launch.dynamic_lds_bytes > 0) {
+        return Err(PtxError::DynamicShared {
+            ptx: info.dynamic_shared,
+            manifest: m.launch.dynamic_lds_bytes,
+        });
+    }
     match &info.source_hash {
         None => return Err(PtxError::NoSourceHash),
         Some(h) => {
@@ -349,6 +364,11 @@ pub(crate) mod tests {
             vec![8, 8, 8, 8, 4]
         );
         assert_eq!(info.shared_bytes, 4096);
+        assert!(!info.dynamic_shared);
+        let dynamic = parse(b".target sm_90a\n.extern .shared .align 16 .b8 dyn[];\n.entry k(.param .u64 a)\n{ret;}")
+            .expect("parses");
+        assert!(dynamic.dynamic_shared);
+        assert_eq!(dynamic.shared_bytes, 0);
         assert_eq!(info.source_hash.as_deref(), Some(&b"abc"[..]));
     }
 

@@ -551,6 +551,29 @@ impl<'c, 'b> Emitter<'c, 'b> {
         Ok([get(0)?, get(1)?, get(2)?, get(3)?])
     }
 
+    /// `llvm.inline_asm` with side effects (never removed or merged). `result`: the op's one result
+    /// (a struct for several outputs), `None` for none.
+    pub fn inline_asm(
+        &self,
+        asm: &str,
+        constraints: &str,
+        operands: &[Value<'c, 'b>],
+        result: Option<Type<'c>>,
+    ) -> Result<Option<Value<'c, 'b>>, IrError> {
+        let results: Vec<Type<'c>> = result.into_iter().collect();
+        let r = self.op(
+            "llvm.inline_asm",
+            operands,
+            &results,
+            &[
+                ("asm_string", self.string(asm)),
+                ("constraints", self.string(constraints)),
+                ("has_side_effects", self.attr("unit")?),
+            ],
+        )?;
+        Ok(r.first().copied())
+    }
+
     // ---- structured control flow ----
 
     /// `scf.for %iv = lb to ub step step iter_args(inits)`; `body` gets the body emitter, the induction variable and

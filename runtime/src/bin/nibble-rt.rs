@@ -243,9 +243,10 @@ fn info() -> Res<()> {
         i.l2_bytes >> 20
     );
     println!(
-        "memory {:.1} GiB, shared memory per block {} bytes",
+        "memory {:.1} GiB, shared memory per block {} bytes ({} opt-in)",
         i.total_mem_bytes as f64 / (1u64 << 30) as f64,
-        i.max_shared_per_block
+        i.max_shared_per_block,
+        i.max_shared_per_block_optin
     );
     println!(
         "driver {}.{} ({})",

@@ -24,6 +24,10 @@ pub const CUDA_ERROR_NO_DEVICE: CuResult = 100;
 
 /// `CUdevice_attribute` values.
 pub const ATTR_MAX_SHARED_MEMORY_PER_BLOCK: c_int = 8;
+/// `CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`.
+pub const ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: c_int = 97;
+/// `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
+pub const FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES: c_int = 8;
 pub const ATTR_MULTIPROCESSOR_COUNT: c_int = 16;
 pub const ATTR_L2_CACHE_SIZE: c_int = 38;
 pub const ATTR_COMPUTE_CAPABILITY_MAJOR: c_int = 75;
@@ -108,6 +112,7 @@ pub struct Api {
     pub cuModuleUnload: unsafe extern "C" fn(CuModule) -> CuResult,
     pub cuModuleGetFunction:
         unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult,
+    pub cuFuncSetAttribute: unsafe extern "C" fn(CuFunction, c_int, c_int) -> CuResult,
     #[allow(clippy::type_complexity)]
     pub cuLaunchKernel: unsafe extern "C" fn(
         CuFunction,
@@ -190,6 +195,7 @@ impl Api {
                     cuModuleLoadDataEx: sym(&lib, p, "cuModuleLoadDataEx")?,
                     cuModuleUnload: sym(&lib, p, "cuModuleUnload")?,
                     cuModuleGetFunction: sym(&lib, p, "cuModuleGetFunction")?,
+                    cuFuncSetAttribute: sym(&lib, p, "cuFuncSetAttribute")?,
                     cuLaunchKernel: sym(&lib, p, "cuLaunchKernel")?,
                     cuStreamCreate: sym(&lib, p, "cuStreamCreate")?,
                     cuStreamDestroy_v2: sym(&lib, p, "cuStreamDestroy_v2")?,

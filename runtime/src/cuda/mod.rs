@@ -98,6 +98,8 @@ pub struct DeviceInfo {
     pub sm_count: u32,
     pub l2_bytes: u32,
     pub max_shared_per_block: u32,
+    /// Shared memory a block may opt into (dynamic shared memory above the static 48 KiB).
+    pub max_shared_per_block_optin: u32,
     pub total_mem_bytes: u64,
     /// `cuDriverGetVersion`, e.g. 12040.
     pub driver_version: i32,
@@ -333,6 +335,10 @@ fn query(
         max_shared_per_block: attr(
             "cuDeviceGetAttribute(shared per block)",
             ffi::ATTR_MAX_SHARED_MEMORY_PER_BLOCK,
+        )?,
+        max_shared_per_block_optin: attr(
+            "cuDeviceGetAttribute(shared per block, opt-in)",
+            ffi::ATTR_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         )?,
         total_mem_bytes: mem as u64,
         driver_version,
@@ -652,6 +658,13 @@ impl CudaKernel {
                 manifest.launch.lds_bytes
             )));
         }
+        let dynamic = manifest.launch.dynamic_lds_bytes;
+        let optin = device.info().max_shared_per_block_optin;
+        if dynamic > 0 && optin != 0 && manifest.launch.lds_bytes.saturating_add(dynamic) > optin {
+            return Err(inconsistent(format!(
+                "the kernel needs {dynamic} bytes of dynamic shared memory, the device allows {optin} per block"
+            )));
+        }
         let text = ptx.strip_suffix(&[0]).unwrap_or(ptx);
         let image =
             CString::new(text).map_err(|_| inconsistent("the PTX contains a NUL byte".into()))?;
@@ -659,6 +672,20 @@ impl CudaKernel {
             .map_err(|_| inconsistent("the symbol contains a NUL byte".into()))?;
         let (module, function) =
             load_entry(device, &image, &sym, &manifest.kernel).map_err(LaunchError::Cuda)?;
+        if dynamic > 0 {
+            let bytes = i32::try_from(dynamic)
+                .map_err(|_| inconsistent(format!("dynamic_lds_bytes {dynamic} is too large")))?;
+            device.bind().map_err(LaunchError::Cuda)?;
+            // SAFETY: `function` was just looked up in the live `module`; the attribute takes an int.
+            check("cuFuncSetAttribute", unsafe {
+                (device.api().cuFuncSetAttribute)(
+                    function,
+                    ffi::FUNC_ATTR_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    bytes,
+                )
+            })
+            .map_err(LaunchError::Cuda)?;
+        }
         Ok(CudaKernel {
             manifest: manifest.clone(),
             layout,
@@ -671,7 +698,7 @@ impl CudaKernel {
         &self.manifest
     }
 
-    /// Enqueues the kernel for `m` rows on `stream` (0 dynamic shared memory). If `values` has no value for the M
+    /// Enqueues the kernel for `m` rows on `stream` (with the manifest's dynamic shared memory). If `values` has no value for the M
     /// argument, `m` is used. Every check of [`check_values`] and [`KernargLayout::build`] runs first.
     pub fn launch(
         &self,
@@ -725,7 +752,7 @@ impl CudaKernel {
                 b[0],
                 b[1],
                 b[2],
-                0,
+                self.manifest.launch.dynamic_lds_bytes,
                 stream.raw,
                 std::ptr::null_mut(),
                 extra.as_mut_ptr(),
@@ -891,6 +918,7 @@ mod tests {
             sm_count: 132,
             l2_bytes: 50 << 20,
             max_shared_per_block: 49152,
+            max_shared_per_block_optin: 232448,
             total_mem_bytes: 80 << 30,
             driver_version: 12040,
             library: "libcuda.so.1".into(),
