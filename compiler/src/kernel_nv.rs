@@ -346,6 +346,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 Some(v) => v,
                 None => ring_now(&l)?,
             };
+            if xnext.is_some() {
+                // The stage about to be refilled was read by every warpgroup's wgmmas, and each has only waited
+                // for its own (a single buffer is refilled behind ring_step's own barrier).
+                l.barrier()?;
+            }
             ring_store(&l, p, rel, xnext, &store_x)?;
             let bytes = l.muli(sbase, l.idx(2)?)?;
             let addr = l.addi(lds_base, bytes)?;
