@@ -54,6 +54,28 @@ pub struct ArchInfo {
 
 const ATOMS: &[MmaAtom] = &[MmaAtom::M16N16K16, MmaAtom::M32N32K8];
 
+/// H100 (sm_90), also the base of sm_90a.
+const SM90: ArchInfo = ArchInfo {
+    arch: Arch::Sm90,
+    name: "sm_90",
+    wave_size: 32,
+    lds_bytes: 227 * 1024,
+    regs_per_simd_lane: 512,
+    max_vgprs: 255,
+    max_waves_per_simd: 16,
+    cus: 132,
+    mfma_atoms: ATOMS,
+    mfma_cycles: [8, 8],
+    hbm_tb_s: 3.35,
+    bf16_tflops: 990.0,
+    clock_ghz: 1.83,
+    vendor: Vendor::Nvidia,
+    valu_issue_cycles: 2.0,
+    // Not modelled on NVIDIA: its tilings were chosen by measurement on the H100.
+    llc_mb: 0.0,
+    llc_tb_s: 0.0,
+};
+
 pub const ARCHES: &[ArchInfo] = &[
     ArchInfo {
         arch: Arch::Gfx90a,
@@ -119,44 +141,12 @@ pub const ARCHES: &[ArchInfo] = &[
         llc_mb: 0.0,
         llc_tb_s: 0.0,
     },
-    ArchInfo {
-        arch: Arch::Sm90,
-        name: "sm_90",
-        wave_size: 32,
-        lds_bytes: 227 * 1024,
-        regs_per_simd_lane: 512,
-        max_vgprs: 255,
-        max_waves_per_simd: 16,
-        cus: 132,
-        mfma_atoms: ATOMS,
-        mfma_cycles: [8, 8],
-        hbm_tb_s: 3.35,
-        bf16_tflops: 990.0,
-        clock_ghz: 1.83,
-        vendor: Vendor::Nvidia,
-        valu_issue_cycles: 2.0,
-        // Not modelled on NVIDIA: its tilings were chosen by measurement on the H100.
-        llc_mb: 0.0,
-        llc_tb_s: 0.0,
-    },
+    SM90,
+    // The same chip with its arch-specific instructions (`wgmma`) enabled.
     ArchInfo {
         arch: Arch::Sm90a,
         name: "sm_90a",
-        wave_size: 32,
-        lds_bytes: 227 * 1024,
-        regs_per_simd_lane: 512,
-        max_vgprs: 255,
-        max_waves_per_simd: 16,
-        cus: 132,
-        mfma_atoms: ATOMS,
-        mfma_cycles: [8, 8],
-        hbm_tb_s: 3.35,
-        bf16_tflops: 990.0,
-        clock_ghz: 1.83,
-        vendor: Vendor::Nvidia,
-        valu_issue_cycles: 2.0,
-        llc_mb: 0.0,
-        llc_tb_s: 0.0,
+        ..SM90
     },
 ];
 

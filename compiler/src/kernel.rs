@@ -205,6 +205,7 @@ where
     };
     let lds = if p.dynamic_lds {
         let b = e.at(entry);
+        // i64::MIN is MLIR's dynamic extent (`memref<?xi8>`).
         let bytes_ty: Type = MemRefType::new(e.int(8), &[i64::MIN], None, Some(lds_space)).into();
         let dynamic = b.op1("gpu.dynamic_shared_memory", &[], bytes_ty, &[])?;
         let zero = b.idx(0)?;

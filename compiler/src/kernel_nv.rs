@@ -177,7 +177,9 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let row8 = e.remui(lane, c(8)?)?;
     let mat_atom = e.divui(mat, c(2)?)?;
     let mat_k = e.remui(mat, c(2)?)?;
-    for pair in 0..p.m_tiles.div_ceil(2) {
+    // (The wgmma route reads the tile through matrix descriptors instead.)
+    let b_pairs = if p.wgmma { 0 } else { p.m_tiles.div_ceil(2) };
+    for pair in 0..b_pairs {
         let r0 = e.muli(wm, c(p.wave_m)?)?;
         let r = e.addi(r0, c(pair * 2 * NV_ATOM_TOKENS)?)?;
         let ra = e.muli(mat_atom, c(NV_ATOM_TOKENS)?)?;
