@@ -346,6 +346,25 @@ fn query(
     })
 }
 
+/// Checks the manifest's shared memory against the device: static bytes within the per-block limit, static plus
+/// dynamic bytes within what a block may opt into (a limit of 0 means the driver did not say).
+pub fn check_shared_memory(info: &DeviceInfo, manifest: &Manifest) -> Result<(), String> {
+    let (stat, dynamic) = (manifest.launch.lds_bytes, manifest.launch.dynamic_lds_bytes);
+    let smem_max = info.max_shared_per_block;
+    if smem_max != 0 && stat > smem_max {
+        return Err(format!(
+            "the kernel needs {stat} bytes of shared memory, the device allows {smem_max} per block"
+        ));
+    }
+    let optin = info.max_shared_per_block_optin;
+    if dynamic > 0 && optin != 0 && stat.saturating_add(dynamic) > optin {
+        return Err(format!(
+            "the kernel needs {dynamic} bytes of dynamic shared memory, the device allows {optin} per block"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks that a kernel for `manifest.arch` (`sm_XY`, `sm_XYa`) can run on a device of compute capability
 /// `major.minor`: `XY` must not exceed it (PTX is JIT-compiled forward), and arch-specific `sm_XYa` must match it.
 pub fn check_arch(info: &DeviceInfo, manifest: &Manifest) -> Result<(), CudaError> {
@@ -651,20 +670,8 @@ impl CudaKernel {
                 "block {b:?} is not a launchable CUDA block of whole warps"
             )));
         }
-        let smem_max = device.info().max_shared_per_block;
-        if smem_max != 0 && manifest.launch.lds_bytes > smem_max {
-            return Err(inconsistent(format!(
-                "the kernel needs {} bytes of shared memory, the device allows {smem_max} per block",
-                manifest.launch.lds_bytes
-            )));
-        }
+        check_shared_memory(device.info(), manifest).map_err(inconsistent)?;
         let dynamic = manifest.launch.dynamic_lds_bytes;
-        let optin = device.info().max_shared_per_block_optin;
-        if dynamic > 0 && optin != 0 && manifest.launch.lds_bytes.saturating_add(dynamic) > optin {
-            return Err(inconsistent(format!(
-                "the kernel needs {dynamic} bytes of dynamic shared memory, the device allows {optin} per block"
-            )));
-        }
         let text = ptx.strip_suffix(&[0]).unwrap_or(ptx);
         let image =
             CString::new(text).map_err(|_| inconsistent("the PTX contains a NUL byte".into()))?;
@@ -952,5 +959,53 @@ mod tests {
         assert!(check_arch(&old, &m).is_err());
         m.arch = "sm_80a".into();
         assert!(check_arch(&old, &m).is_err());
+    }
+
+    #[test]
+    fn shared_memory_check() {
+        let info = DeviceInfo {
+            index: 0,
+            name: "H100".into(),
+            major: 9,
+            minor: 0,
+            sm_count: 132,
+            l2_bytes: 50 << 20,
+            max_shared_per_block: 49152,
+            max_shared_per_block_optin: 232448,
+            total_mem_bytes: 80 << 30,
+            driver_version: 12040,
+            library: "libcuda.so.1".into(),
+        };
+        let base = crate::bundle::testutil::manifest(
+            "k",
+            "gfx942",
+            256,
+            512,
+            crate::checkpoint::QuantScheme::Mxfp4,
+            16,
+            (1, 64),
+            None,
+            (16, 16),
+        );
+        let (mut m, _) = crate::bundle::testutil::sm90_manifest(&base);
+        m.launch.lds_bytes = 0;
+        m.launch.dynamic_lds_bytes = 232448;
+        assert_eq!(check_shared_memory(&info, &m), Ok(()));
+        m.launch.dynamic_lds_bytes = 232449;
+        let e = check_shared_memory(&info, &m).expect_err("over the opt-in limit");
+        assert!(e.contains("232449") && e.contains("232448"), "{e}");
+        m.launch.dynamic_lds_bytes = 0;
+        m.launch.lds_bytes = 49153;
+        assert!(check_shared_memory(&info, &m)
+            .expect_err("static")
+            .contains("49152"));
+        // A100-class device: 163 KiB opt-in.
+        let a100 = DeviceInfo {
+            max_shared_per_block_optin: 166912,
+            ..info
+        };
+        m.launch.lds_bytes = 0;
+        m.launch.dynamic_lds_bytes = 200 * 1024;
+        assert!(check_shared_memory(&a100, &m).is_err());
     }
 }
