@@ -915,8 +915,8 @@ mod tests {
         assert_eq!(error_name(12345), "CUresult(12345)");
     }
 
-    #[test]
-    fn capability_check() {
+    /// An H100's facts and an sm_90 manifest.
+    fn h100_and_sm90_manifest() -> (DeviceInfo, Manifest) {
         let info = DeviceInfo {
             index: 0,
             name: "H100".into(),
@@ -941,7 +941,12 @@ mod tests {
             None,
             (16, 16),
         );
-        let (mut m, _) = crate::bundle::testutil::sm90_manifest(&base);
+        (info, crate::bundle::testutil::sm90_manifest(&base).0)
+    }
+
+    #[test]
+    fn capability_check() {
+        let (info, mut m) = h100_and_sm90_manifest();
         assert_eq!(check_arch(&info, &m), Ok(()));
         m.arch = "sm_80".into();
         assert_eq!(check_arch(&info, &m), Ok(()));
@@ -963,31 +968,7 @@ mod tests {
 
     #[test]
     fn shared_memory_check() {
-        let info = DeviceInfo {
-            index: 0,
-            name: "H100".into(),
-            major: 9,
-            minor: 0,
-            sm_count: 132,
-            l2_bytes: 50 << 20,
-            max_shared_per_block: 49152,
-            max_shared_per_block_optin: 232448,
-            total_mem_bytes: 80 << 30,
-            driver_version: 12040,
-            library: "libcuda.so.1".into(),
-        };
-        let base = crate::bundle::testutil::manifest(
-            "k",
-            "gfx942",
-            256,
-            512,
-            crate::checkpoint::QuantScheme::Mxfp4,
-            16,
-            (1, 64),
-            None,
-            (16, 16),
-        );
-        let (mut m, _) = crate::bundle::testutil::sm90_manifest(&base);
+        let (info, mut m) = h100_and_sm90_manifest();
         m.launch.lds_bytes = 0;
         m.launch.dynamic_lds_bytes = 232448;
         assert_eq!(check_shared_memory(&info, &m), Ok(()));
