@@ -117,6 +117,46 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
     assert!(only.iter().all(|k| !k.name.ends_with("_nv")));
 }
 
+/// sm_90a gets a prefill kernel of its own that takes the wgmma route; its decode kernel is shared with the other
+/// NVIDIA targets, and sm_90 keeps the mma.sync prefill.
+#[test]
+fn sm_90a_gets_a_wgmma_prefill_kernel() {
+    let layers = vec![("model.layers.0.mlp.down_proj".to_string(), 256, 1024, None)];
+    let shapes = distinct_shapes(&layers);
+    let plan_of = |k: &nibble_compiler::model::GeneratedKernel, arch: Arch| {
+        let checked = nibble_compiler::dsl::check_source(&k.name, &k.source)
+            .unwrap_or_else(|d| panic!("{}:\n{}", k.name, d.render()));
+        nibble_compiler::plan::plan(&checked.kernels[0], arch).expect("plans")
+    };
+    let ks = kernels_for(&shapes[0], "mxfp4", &[Arch::Sm90, Arch::Sm90a]).expect("kernels");
+    let names: Vec<&str> = ks.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "l256x1024_decode",
+            "l256x1024_prefill_wg",
+            "l256x1024_prefill"
+        ]
+    );
+    let wg = plan_of(&ks[1], Arch::Sm90a);
+    assert!(wg.wgmma, "the sm_90a prefill takes the wgmma route");
+    assert_eq!(
+        (wg.tiling.tile_m, wg.tiling.tile_n, wg.tiling.waves_n),
+        (96, 256, 16)
+    );
+    assert!(!plan_of(&ks[2], Arch::Sm90).wgmma);
+    assert!(
+        !plan_of(&ks[0], Arch::Sm90a).wgmma,
+        "decode stays on mma.sync"
+    );
+    assert!(ks[1].source.contains("target sm_90a\n") && !ks[2].source.contains("sm_90a"));
+    // sm_90a alone: the plain prefill name, on the wgmma route.
+    let only = kernels_for(&shapes[0], "mxfp4", &[Arch::Sm90a]).expect("kernels");
+    let names: Vec<&str> = only.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["l256x1024_decode", "l256x1024_prefill"]);
+    assert!(plan_of(&only[1], Arch::Sm90a).wgmma);
+}
+
 #[test]
 fn impossible_shapes_are_explained() {
     let shapes = distinct_shapes(&[("odd".to_string(), 100, 512, None)]);

@@ -1,5 +1,6 @@
 //! `compile-model`: from a checkpoint's distinct quantized linear shapes to a directory of compiled kernels, one
-//! decode-shaped and one prefill-shaped kernel per shape, written as `.nib` text and compiled through the same front
+//! decode-shaped and one prefill-shaped kernel per shape and vendor (sm_90a gets its own prefill kernel, on the wgmma
+//! route), written as `.nib` text and compiled through the same front
 //! end and pipeline as user files (so generated kernels obey every check), in parallel.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -110,6 +111,35 @@ pub fn kernels_for(
             ),
             m_range: (1, DECODE_MAX_M),
         });
+        // sm_90a takes the wgmma route for prefill (16-row warps in warpgroups, 96 tokens, two 48 KiB stages: the
+        // fastest prefill tiling measured on the H100, docs/PERFORMANCE.md); its other NVIDIA siblings keep mma.sync.
+        let wg_n = largest_dividing(n, &[256, 128, 64]);
+        let wgmma_arch = Arch::Sm90a.name();
+        let (archs, wg_archs): (Vec<&str>, Vec<&str>) = if nvidia && wg_n.is_some() {
+            archs.iter().partition(|a| **a != wgmma_arch)
+        } else {
+            (archs.to_vec(), vec![])
+        };
+        if let (Some(pn), false) = (wg_n, wg_archs.is_empty()) {
+            let name = if archs.is_empty() {
+                format!("{base}_prefill{suffix}")
+            } else {
+                format!("{base}_prefill_wg{suffix}")
+            };
+            out.push(GeneratedKernel {
+                name: name.clone(),
+                source: format!(
+                    "{header}kernel {name} {{\n  target {}\n{tensors}  tile   m=96 n={pn} k=128\n  waves  m=1 n={}\n  mma    16x16x16\n  stages 2\n}}\n",
+                    wg_archs.join(", "),
+                    pn / 16
+                ),
+                m_range: (DECODE_MAX_M + 1, u32::MAX),
+            });
+        }
+        if archs.is_empty() {
+            continue;
+        }
+        let targets = archs.join(", ");
         let prefill = format!("{base}_prefill{suffix}");
         let tiling = match (nvidia, largest_dividing(n, &[128, 64])) {
             (false, Some(pn)) => Some(format!(
