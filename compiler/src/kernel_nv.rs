@@ -508,20 +508,21 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     Ok(())
 }
 
-/// The wgmma matrix descriptor of the activation stage at shared address `addr` (K-major, no swizzle,
-/// `Plan::wgmma_x_offset`): start address, leading byte offset 128 (the next 8 of K of the same tokens), stride byte
-/// offset `tile_k * 16` (the next 8 tokens), each encoded as bytes >> 4.
+/// The wgmma matrix descriptor of the activation stage at shared address `addr` (K-major, no swizzle): start
+/// address, leading byte offset (to the next 8 of K of the same tokens) and stride byte offset (to the next 8
+/// tokens), both read off `Plan::wgmma_x_offset`, each encoded as bytes >> 4.
 fn wgmma_descriptor<'c, 'b>(
     e: &Emitter<'c, 'b>,
     addr: Value<'c, 'b>,
     p: &Plan,
 ) -> Result<Value<'c, 'b>, IrError> {
+    let lbo = i64::from(p.wgmma_x_offset(0, 8)) * 2;
+    let sbo = i64::from(p.wgmma_x_offset(8, 0)) * 2;
     let start = e.shrui(addr, e.i32c(4)?)?;
     let start = e.andi(start, e.i32c(0x3FFF)?)?;
-    let lo = e.ori(start, e.i32c((128 >> 4) << 16)?)?;
+    let lo = e.ori(start, e.i32c((lbo >> 4) << 16)?)?;
     let lo = e.extui(lo, e.int(64))?;
-    let sbo = (i64::from(p.tiling.tile_k) * 16) >> 4;
-    e.ori(lo, e.const_int(sbo << 32, e.int(64))?)
+    e.ori(lo, e.const_int((sbo >> 4) << 32, e.int(64))?)
 }
 
 /// One `wgmma.mma_async.m64n{tile_m}k16` (bf16, f32 accumulators, A from registers): `acc` (tile_m / 2 values,
