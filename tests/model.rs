@@ -140,9 +140,18 @@ fn sm_90a_gets_a_wgmma_prefill_kernel() {
     );
     let wg = plan_of(&ks[1], Arch::Sm90a);
     assert!(wg.wgmma, "the sm_90a prefill takes the wgmma route");
+    assert!(
+        wg.async_x && wg.dynamic_lds,
+        "three cp.async stages in dynamic shared memory"
+    );
     assert_eq!(
-        (wg.tiling.tile_m, wg.tiling.tile_n, wg.tiling.waves_n),
-        (96, 256, 16)
+        (
+            wg.tiling.tile_m,
+            wg.tiling.tile_n,
+            wg.tiling.waves_n,
+            wg.tiling.stages
+        ),
+        (96, 256, 16, 3)
     );
     assert!(!plan_of(&ks[2], Arch::Sm90).wgmma);
     assert!(

@@ -239,6 +239,22 @@ fn sm_90a_plans_take_wgmma_where_warpgroups_fit_and_dynamic_shared_memory_above_
     assert!(!sync.wgmma && !sync.dynamic_lds);
     let deep = plan_of(src("sm_90", "m=80 n=128 k=128", "m=1 n=4", 3), Arch::Sm90);
     assert!(!deep.wgmma && deep.dynamic_lds && deep.lds_bytes == 3 * 80 * 136 * 2);
+    // cp.async fills every wgmma ring of two or more stages; a single stage, and mma.sync, stage through registers.
+    let one = plan_of(src("sm_90a", "m=64 n=128 k=128", "m=1 n=8", 1), Arch::Sm90a);
+    assert!(wg.async_x && big.async_x && one.wgmma && !one.async_x);
+    assert!(!sync.async_x && !deep.async_x);
+    let ptx_of = |text: String, arch: Arch| {
+        let kernels = check_file("k.nib", &text);
+        let out = compile_kernel(&kernels[0], arch, &BTreeSet::new()).expect("compiles");
+        String::from_utf8(out.hsaco).expect("PTX is text")
+    };
+    let ptx = ptx_of(src("sm_90a", "m=64 n=128 k=128", "m=1 n=8", 3), Arch::Sm90a);
+    // Two tiles in flight from the prologue plus one per K step; each K step waits for all but one group.
+    assert_eq!(ptx.matches("cp.async.commit_group").count(), 3, "{ptx}");
+    assert!(ptx.contains("cp.async.wait_group 1;") && ptx.contains("cp.async.wait_group 0;"));
+    assert!(
+        !ptx_of(src("sm_90a", "m=64 n=128 k=128", "m=1 n=8", 1), Arch::Sm90a).contains("cp.async")
+    );
     // The core-matrix offsets: 8 tokens x 8 of K per 128 bytes, K chunks adjacent, 8-token groups tile_k * 16
     // bytes apart; every element of a stage has its own place.
     let mut seen = std::collections::HashSet::new();

@@ -167,6 +167,68 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             Ok(())
         };
 
+    // `Plan::async_x`: tile `kt` copied straight into the stage at element `base` by `cp.async` (rows past M
+    // zero-filled through the source size), as one commit group.
+    // The 64-bit address of x (index is 32 bits wide here): the bare pointer inside the memref descriptor the
+    // NVVM lowering builds (`index-bitwidth=32`, so the cast folds away in `reconcile-unrealized-casts`).
+    let i64t = e.int(64);
+    let x_ptr = if p.async_x {
+        let desc_ty = melior::ir::Type::parse(
+            e.ctx,
+            "!llvm.struct<(ptr, ptr, i32, array<1 x i32>, array<1 x i32>)>",
+        )
+        .ok_or_else(|| ir::emit::build_err("cp.async", "memref descriptor type"))?;
+        let ptr_ty = melior::ir::Type::parse(e.ctx, "!llvm.ptr")
+            .ok_or_else(|| ir::emit::build_err("cp.async", "pointer type"))?;
+        let desc = e.op1("builtin.unrealized_conversion_cast", &[a.x], desc_ty, &[])?;
+        let base = e.op1(
+            "llvm.extractvalue",
+            &[desc],
+            ptr_ty,
+            &[(
+                "position",
+                melior::ir::attribute::DenseI64ArrayAttribute::new(e.ctx, &[1]).into(),
+            )],
+        )?;
+        Some(e.op1("llvm.ptrtoint", &[base], i64t, &[])?)
+    } else {
+        None
+    };
+    let lds_ptr = e.op1(
+        "memref.extract_aligned_pointer_as_index",
+        &[a.lds],
+        e.index(),
+        &[],
+    )?;
+    let copy_x =
+        |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>, base: Value<'c, 'b>| -> Result<(), IrError> {
+            let x_ptr = x_ptr.ok_or_else(|| ir::emit::build_err("cp.async", "no x address"))?;
+            let koff = e.muli(kt, c(t.tile_k)?)?;
+            for sl in &slots {
+                let src = e.index_cast(e.addi(sl.global, koff)?, i64t)?;
+                let src = e.muli(src, e.const_int(2, i64t)?)?;
+                let src = e.addi(x_ptr, src)?;
+                let dst = e.muli(e.addi(base, sl.local)?, c(2)?)?;
+                let dst = e.index_cast(e.addi(lds_ptr, dst)?, i32t)?;
+                let size = e.select(sl.in_m, e.i32c(16)?, e.i32c(0)?)?;
+                let copy = |e: &Emitter<'c, 'b>| -> Result<(), IrError> {
+                    e.inline_asm(
+                        "cp.async.cg.shared.global [$0], [$1], 16, $2;",
+                        "r,l,r,~{memory}",
+                        &[dst, src, size],
+                        None,
+                    )?;
+                    Ok(())
+                };
+                match sl.valid {
+                    None => copy(e)?,
+                    Some(ok) => e.if_then(ok, |inner| copy(&inner))?,
+                }
+            }
+            e.inline_asm("cp.async.commit_group;", "~{memory}", &[], None)?;
+            Ok(())
+        };
+
     // B fragments: token row g of each 8-token atom, K pair 2*t4 (and +8) of each 16-K step.
     // B fragments come from shared memory through `ldmatrix.x4`: one instruction yields b0b1 and b2b3 of two token
     // atoms. Lane t addresses row t % 8 of matrix t / 8: matrices (atom 2p, k 0-7), (2p, k 8-15), (2p+1, k 0-7),
@@ -267,7 +329,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     // staging below) and software-pipelined `depth - 1` K iterations ahead in loop-carried registers (depth =
     // the plan's stages): a short-lived decode block then waits for memory about once instead of once per
     // iteration, which is what keeps enough bytes in flight to approach the HBM bandwidth.
-    let depth = ring.max(2);
+    // (cp.async staging takes the activations off the registers; the weights stay one step ahead.)
+    let depth = if p.async_x { 2 } else { ring.max(2) };
     let last_kt0 = e.subi(ub, c(1)?)?;
     let mut nw = 0;
     let mut nsc = 0;
@@ -284,7 +347,17 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     }
     let per_stage = nw + nsc;
 
-    ring_fill(e, p, lb, bz.is_some(), &load_x, &store_x)?;
+    if p.async_x {
+        // Tiles 0 .. ring - 2 in flight, one commit group each (clamped to the last tile when the range is
+        // shorter, into stages no tile of the range uses), so that step i can wait for all but ring - 2 groups.
+        for st in 0..ring - 1 {
+            let kt = e.addi(lb, c(st)?)?;
+            let kt = e.op1("arith.minui", &[kt, last_kt0], e.index(), &[])?;
+            copy_x(e, kt, c(st * p.lds_stage_elems)?)?;
+        }
+    } else {
+        ring_fill(e, p, lb, bz.is_some(), &load_x, &store_x)?;
+    }
 
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
@@ -311,13 +384,9 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
         let ring_now =
             |l: &Emitter<'c, 'b>| ring_step(l, p, kt, rel, ub, bz.is_some(), &load_x, &store_x);
-        // A single-buffered wgmma plan refills its only stage after waiting for the previous tile's wgmmas;
-        // everything else issues the activation loads first.
-        let early = if p.wgmma && ring == 1 {
-            None
-        } else {
-            Some(ring_now(&l)?)
-        };
+        // The wgmma route stages with cp.async or, with a single buffer, refills it after waiting for the previous
+        // tile's wgmmas; mma.sync issues the activation loads first.
+        let early = if p.wgmma { None } else { Some(ring_now(&l)?) };
         // The A registers of 16-K step `step` for n-tile `ns`: the dequantized weight word, scaled.
         let areg_for = |step: u32, ns: usize| -> Result<[Value<'c, 'b>; 4], IrError> {
             let chunk = (step / 4) as usize;
@@ -344,16 +413,35 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             let aregs = (0..p.pairs_per_iter)
                 .map(|step| areg_for(step, 0))
                 .collect::<Result<Vec<_>, _>>()?;
-            let (sbase, xnext) = match early {
-                Some(v) => v,
-                None => ring_now(&l)?,
-            };
-            if xnext.is_some() {
-                // The stage about to be refilled was read by every warpgroup's wgmmas, and each has only waited
-                // for its own (a single buffer is refilled behind ring_step's own barrier).
+            let sbase = if p.async_x {
+                // This tile's copies (all groups but the ring - 2 younger ones), made visible to every
+                // warpgroup's wgmmas by the barrier; past it every warpgroup has also waited for its previous
+                // tile's wgmmas, so that tile's stage takes the copy ring - 1 tiles ahead.
+                l.inline_asm(
+                    &format!("cp.async.wait_group {};", ring - 2),
+                    "~{memory}",
+                    &[],
+                    None,
+                )?;
+                l.inline_asm("fence.proxy.async.shared::cta;", "~{memory}", &[], None)?;
                 l.barrier()?;
-            }
-            ring_store(&l, p, rel, xnext, &store_x)?;
+                let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
+                let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+                let ahead = l.op1("arith.minui", &[ahead, last_kt], l.index(), &[])?;
+                let slot = l.remui(
+                    l.addi(rel, l.idx(i64::from(ring - 1))?)?,
+                    l.idx(i64::from(ring))?,
+                )?;
+                copy_x(
+                    &l,
+                    ahead,
+                    l.muli(slot, l.idx(i64::from(p.lds_stage_elems))?)?,
+                )?;
+                l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?
+            } else {
+                // A single buffer, refilled between ring_step's two barriers after the wait above.
+                ring_now(&l)?.0
+            };
             let bytes = l.muli(sbase, l.idx(2)?)?;
             let addr = l.addi(lds_base, bytes)?;
             let addr = l.index_cast(addr, i32t)?;
@@ -432,8 +520,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     })?;
 
     if p.wgmma {
-        // The last tile's wgmmas are still in flight.
+        // The last tile's wgmmas are still in flight (and, with cp.async staging, the clamped copies past it).
         e.inline_asm("wgmma.wait_group.sync.aligned 0;", "~{memory}", &[], None)?;
+        if p.async_x {
+            e.inline_asm("cp.async.wait_group 0;", "~{memory}", &[], None)?;
+        }
     }
     let kwave = KWave { kw, wave: warp };
     let results = reduce_k_waves(e, p, a, &kwave, lane, &results[..acc_count], 1)?;

@@ -111,8 +111,9 @@ pub fn kernels_for(
             ),
             m_range: (1, DECODE_MAX_M),
         });
-        // sm_90a takes the wgmma route for prefill (16-row warps in warpgroups, 96 tokens, two 48 KiB stages: the
-        // fastest prefill tiling measured on the H100, docs/PERFORMANCE.md); its other NVIDIA siblings keep mma.sync.
+        // sm_90a takes the wgmma route for prefill (16-row warps in warpgroups, 96 tokens, a three-stage ring filled
+        // by cp.async: the fastest prefill tiling measured on the H100, docs/PERFORMANCE.md); its other NVIDIA
+        // siblings keep mma.sync.
         let wg_n = largest_dividing(n, &[256, 128, 64]);
         let wgmma_arch = Arch::Sm90a.name();
         let (archs, wg_archs): (Vec<&str>, Vec<&str>) = if nvidia && wg_n.is_some() {
@@ -129,7 +130,7 @@ pub fn kernels_for(
             out.push(GeneratedKernel {
                 name: name.clone(),
                 source: format!(
-                    "{header}kernel {name} {{\n  target {}\n{tensors}  tile   m=96 n={pn} k=128\n  waves  m=1 n={}\n  mma    16x16x16\n  stages 2\n}}\n",
+                    "{header}kernel {name} {{\n  target {}\n{tensors}  tile   m=96 n={pn} k=128\n  waves  m=1 n={}\n  mma    16x16x16\n  stages 3\n}}\n",
                     wg_archs.join(", "),
                     pn / 16
                 ),

@@ -157,6 +157,11 @@ pub struct Plan {
     /// `mma.sync` fragment layout, B (the activation tile) from shared memory in the K-major core-matrix layout
     /// (`Plan::wgmma_x_offset`); the accumulators are laid out as the `mma.sync` path's with one n-tile.
     pub wgmma: bool,
+    /// wgmma plans with two or more stages fill the ring with `cp.async` (global to shared memory without
+    /// registers), `stages - 1` tiles ahead, with one barrier per K step (`kernel_nv`). Register staging loads a
+    /// tile and stores it within one K step, which exposed the load latency to the step (measured on the H100:
+    /// 11-13% slower at M = 4096, docs/PERFORMANCE.md); a single-stage wgmma plan still stages through registers.
+    pub async_x: bool,
     /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
     /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
     pub dynamic_lds: bool,
@@ -463,6 +468,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         },
         fragment,
         wgmma,
+        async_x: wgmma && t.stages >= 2,
         dynamic_lds,
         grid: [
             GridDim::Const {
