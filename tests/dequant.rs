@@ -44,6 +44,7 @@ pub fn spec(
             mma,
             stages: 2,
         }),
+        staging: None,
         source_hash: "h".into(),
     }
 }

@@ -828,6 +828,7 @@ mod real {
                 mma: atom,
                 stages,
             }),
+            staging: None,
             source_hash: "0".into(),
         };
         nibble_compiler::plan::plan(&spec, arch).expect("plans")

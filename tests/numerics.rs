@@ -92,6 +92,7 @@ fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> Kernel
             mma: atom,
             stages: 2,
         }),
+        staging: None,
         source_hash: "test".into(),
     }
 }

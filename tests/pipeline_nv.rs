@@ -243,6 +243,37 @@ fn sm_90a_plans_take_wgmma_where_warpgroups_fit_and_dynamic_shared_memory_above_
     let one = plan_of(src("sm_90a", "m=64 n=128 k=128", "m=1 n=8", 1), Arch::Sm90a);
     assert!(wg.async_x && big.async_x && one.wgmma && !one.async_x);
     assert!(!sync.async_x && !deep.async_x);
+    // `staging` overrides the route's default either way; AMD plans never stage asynchronously.
+    let staged = |target: &str, tiling: &str, staging: &str, arch: Arch| {
+        plan_of(
+            format!(
+                "kernel k {{ target {target}; x bf16[M, 1024]; w mxfp4[512, 1024]; y bf16[M, 512]; \
+                 {tiling}; mma 16x16x16; stages 2; staging {staging} }}"
+            ),
+            arch,
+        )
+    };
+    let sync_async = staged(
+        "sm_90",
+        "tile m=64 n=128 k=128; waves m=1 n=8",
+        "async",
+        Arch::Sm90,
+    );
+    assert!(sync_async.async_x && !sync_async.wgmma);
+    let wg_regs = staged(
+        "sm_90a",
+        "tile m=64 n=128 k=128; waves m=1 n=8",
+        "registers",
+        Arch::Sm90a,
+    );
+    assert!(wg_regs.wgmma && !wg_regs.async_x);
+    let amd = staged(
+        "gfx942, sm_90",
+        "tile m=64 n=128 k=128; waves m=1 n=4",
+        "async",
+        Arch::Gfx942,
+    );
+    assert!(!amd.async_x);
     let ptx_of = |text: String, arch: Arch| {
         let kernels = check_file("k.nib", &text);
         let out = compile_kernel(&kernels[0], arch, &BTreeSet::new()).expect("compiles");

@@ -36,6 +36,7 @@ fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, ts: bool, mma: MmaAto
             mma,
             stages: 2,
         }),
+        staging: None,
         source_hash: "h".into(),
     }
 }

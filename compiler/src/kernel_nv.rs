@@ -330,7 +330,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     // the plan's stages): a short-lived decode block then waits for memory about once instead of once per
     // iteration, which is what keeps enough bytes in flight to approach the HBM bandwidth.
     // (cp.async staging takes the activations off the registers; the weights stay one step ahead.)
-    let depth = if p.async_x { 2 } else { ring.max(2) };
+    let depth = if p.async_x && p.wgmma { 2 } else { ring.max(2) };
     let last_kt0 = e.subi(ub, c(1)?)?;
     let mut nw = 0;
     let mut nsc = 0;
@@ -384,9 +384,13 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let rel = if bz.is_some() { l.subi(kt, lb)? } else { kt };
         let ring_now =
             |l: &Emitter<'c, 'b>| ring_step(l, p, kt, rel, ub, bz.is_some(), &load_x, &store_x);
-        // The wgmma route stages with cp.async or, with a single buffer, refills it after waiting for the previous
-        // tile's wgmmas; mma.sync issues the activation loads first.
-        let early = if p.wgmma { None } else { Some(ring_now(&l)?) };
+        // cp.async staging, and a single-buffered wgmma ring (refilled after the wait for the previous tile's
+        // wgmmas), stage inside the branches below; register staging issues the activation loads first.
+        let early = if p.async_x || (p.wgmma && ring == 1) {
+            None
+        } else {
+            Some(ring_now(&l)?)
+        };
         // The A registers of 16-K step `step` for n-tile `ns`: the dequantized weight word, scaled.
         let areg_for = |step: u32, ns: usize| -> Result<[Value<'c, 'b>; 4], IrError> {
             let chunk = (step / 4) as usize;
@@ -405,6 +409,35 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             }
             Ok([regs[0], regs[1], regs[2], regs[3]])
         };
+        // `Plan::async_x`: this tile's copies (all groups but the ring - 2 younger ones) are made visible to every
+        // warp by the barrier (and to wgmma's async proxy by the fence); past it every warp is also done with the
+        // previous tile (its ldmatrix reads, or its wgmmas, which each warpgroup waits for first), so that tile's
+        // stage takes the copy ring - 1 tiles ahead. Returns this tile's stage.
+        let async_step = |l: &Emitter<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
+            l.inline_asm(
+                &format!("cp.async.wait_group {};", ring - 2),
+                "~{memory}",
+                &[],
+                None,
+            )?;
+            if p.wgmma {
+                l.inline_asm("fence.proxy.async.shared::cta;", "~{memory}", &[], None)?;
+            }
+            l.barrier()?;
+            let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
+            let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
+            let ahead = l.op1("arith.minui", &[ahead, last_kt], l.index(), &[])?;
+            let slot = l.remui(
+                l.addi(rel, l.idx(i64::from(ring - 1))?)?,
+                l.idx(i64::from(ring))?,
+            )?;
+            copy_x(
+                l,
+                ahead,
+                l.muli(slot, l.idx(i64::from(p.lds_stage_elems))?)?,
+            )?;
+            l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)
+        };
         if p.wgmma {
             // Each tile's wgmmas stay in flight until the next iteration has issued its weight and activation loads.
             // Wait for the previous tile's wgmmas before dequantizing: they still read their A registers, and ptxas
@@ -414,33 +447,19 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 .map(|step| areg_for(step, 0))
                 .collect::<Result<Vec<_>, _>>()?;
             let sbase = if p.async_x {
-                // This tile's copies (all groups but the ring - 2 younger ones), made visible to every
-                // warpgroup's wgmmas by the barrier; past it every warpgroup has also waited for its previous
-                // tile's wgmmas, so that tile's stage takes the copy ring - 1 tiles ahead.
-                l.inline_asm(
-                    &format!("cp.async.wait_group {};", ring - 2),
-                    "~{memory}",
-                    &[],
-                    None,
-                )?;
-                l.inline_asm("fence.proxy.async.shared::cta;", "~{memory}", &[], None)?;
-                l.barrier()?;
-                let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
-                let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
-                let ahead = l.op1("arith.minui", &[ahead, last_kt], l.index(), &[])?;
-                let slot = l.remui(
-                    l.addi(rel, l.idx(i64::from(ring - 1))?)?,
-                    l.idx(i64::from(ring))?,
-                )?;
-                copy_x(
-                    &l,
-                    ahead,
-                    l.muli(slot, l.idx(i64::from(p.lds_stage_elems))?)?,
-                )?;
-                l.muli(stage, l.idx(i64::from(p.lds_stage_elems))?)?
+                async_step(&l)?
             } else {
-                // A single buffer, refilled between ring_step's two barriers after the wait above.
-                ring_now(&l)?.0
+                let (sbase, xnext) = match early {
+                    Some(v) => v,
+                    None => ring_now(&l)?,
+                };
+                if xnext.is_some() {
+                    // The stage about to be refilled was read by every warpgroup's wgmmas, and each has only
+                    // waited for its own (a single buffer is refilled behind ring_step's own barrier).
+                    l.barrier()?;
+                }
+                ring_store(&l, p, rel, xnext, &store_x)?;
+                sbase
             };
             let bytes = l.muli(sbase, l.idx(2)?)?;
             let addr = l.addi(lds_base, bytes)?;
@@ -455,9 +474,10 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             }
             l.inline_asm("wgmma.commit_group.sync.aligned;", "~{memory}", &[], None)?;
         } else {
-            let (sbase, xnext) = early.ok_or_else(|| {
-                ir::emit::build_err("gpu.func", "the mma.sync path stages the tile first")
-            })?;
+            let (sbase, xnext) = match early {
+                Some(v) => v,
+                None => (async_step(&l)?, None),
+            };
             for step in 0..p.pairs_per_iter {
                 // B fragments of this 16-K step for every token atom.
                 let mut bfr = vec![];
@@ -520,11 +540,13 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     })?;
 
     if p.wgmma {
-        // The last tile's wgmmas are still in flight (and, with cp.async staging, the clamped copies past it).
+        // The last tile's wgmmas are still in flight.
         e.inline_asm("wgmma.wait_group.sync.aligned 0;", "~{memory}", &[], None)?;
-        if p.async_x {
-            e.inline_asm("cp.async.wait_group 0;", "~{memory}", &[], None)?;
-        }
+    }
+    if p.async_x {
+        // So are the clamped copies past the last tile, which must land before the K-wave reduction (behind its
+        // barrier) reuses the buffer.
+        e.inline_asm("cp.async.wait_group 0;", "~{memory}", &[], None)?;
     }
     let kwave = KWave { kw, wave: warp };
     let results = reduce_k_waves(e, p, a, &kwave, lane, &results[..acc_count], 1)?;

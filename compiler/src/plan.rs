@@ -10,7 +10,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::arch::Arch;
-use crate::spec::{DType, FormatSpec, KernelSpec, MmaAtom, ScaleType, Schedule, Tiling};
+use crate::spec::{DType, FormatSpec, KernelSpec, MmaAtom, ScaleType, Schedule, Staging, Tiling};
 
 /// Each lane loads its weight words 16 bytes at a time: 4 words = 4 MFMA pairs.
 pub const WORDS_PER_LANE: u32 = 4;
@@ -157,10 +157,11 @@ pub struct Plan {
     /// `mma.sync` fragment layout, B (the activation tile) from shared memory in the K-major core-matrix layout
     /// (`Plan::wgmma_x_offset`); the accumulators are laid out as the `mma.sync` path's with one n-tile.
     pub wgmma: bool,
-    /// wgmma plans with two or more stages fill the ring with `cp.async` (global to shared memory without
-    /// registers), `stages - 1` tiles ahead, with one barrier per K step (`kernel_nv`). Register staging loads a
-    /// tile and stores it within one K step, which exposed the load latency to the step (measured on the H100:
-    /// 11-13% slower at M = 4096, docs/PERFORMANCE.md); a single-stage wgmma plan still stages through registers.
+    /// NVIDIA plans with two or more stages whose kernel says `staging async`, or (by default) that take the wgmma
+    /// route, fill the ring with `cp.async` (global to shared memory without registers), `stages - 1` tiles
+    /// ahead, with one barrier per K step (`kernel_nv`). Register staging loads a tile and stores it within one K
+    /// step; measured on the H100 (docs/PERFORMANCE.md) it is 4-7% slower on the wgmma route at M = 4096, and
+    /// faster for the mma.sync decode tilings at M = 16, hence the per-route default.
     pub async_x: bool,
     /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
     /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
@@ -468,7 +469,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         },
         fragment,
         wgmma,
-        async_x: wgmma && t.stages >= 2,
+        async_x: nvidia && t.stages >= 2 && spec.staging.map_or(wgmma, |s| s == Staging::Async),
         dynamic_lds,
         grid: [
             GridDim::Const {

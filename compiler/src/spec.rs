@@ -128,6 +128,16 @@ pub enum Schedule {
     Manual(Tiling),
 }
 
+/// How an NVIDIA kernel moves each activation tile into its shared-memory ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Staging {
+    /// 16-byte loads into registers, stored after the tile's MMAs (two barriers per K step with wgmma).
+    Registers,
+    /// `cp.async` straight into shared memory, `stages - 1` tiles ahead, one barrier per K step.
+    Async,
+}
+
 /// One checked kernel: y[M, N] = x[M, K] * dequant(W[N, K])^T (+ bias), M dynamic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelSpec {
@@ -142,6 +152,9 @@ pub struct KernelSpec {
     /// Element type of the bias, if the kernel has one (its length is N).
     pub bias: Option<DType>,
     pub schedule: Schedule,
+    /// `staging async|registers`: how NVIDIA kernels fill the activation ring (None: the planner's default,
+    /// `Plan::async_x`). AMD targets always stage through registers.
+    pub staging: Option<Staging>,
     /// Hex SHA-256 (or other stable hash) of the kernel's source text including the formats it uses.
     pub source_hash: String,
 }

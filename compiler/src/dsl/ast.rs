@@ -195,6 +195,8 @@ pub enum KernelStmtKind {
         span: Span,
     },
     Stages(Num),
+    /// `staging async|registers` (NVIDIA targets)
+    Staging(Ident),
     Schedule(Ident),
 }
 
@@ -208,6 +210,7 @@ impl KernelStmtKind {
             KernelStmtKind::Waves(_) => "waves",
             KernelStmtKind::Mma { .. } => "mma",
             KernelStmtKind::Stages(_) => "stages",
+            KernelStmtKind::Staging(_) => "staging",
             KernelStmtKind::Schedule(_) => "schedule",
         }
     }

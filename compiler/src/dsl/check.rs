@@ -15,7 +15,8 @@ use crate::dsl::ast::{
 use crate::dsl::budget;
 use crate::dsl::diagnostics::{Error, Loc, SourceId};
 use crate::spec::{
-    CheckedFile, DType, FormatSpec, KernelSpec, MiniFloat, MmaAtom, ScaleType, Schedule, Tiling,
+    CheckedFile, DType, FormatSpec, KernelSpec, MiniFloat, MmaAtom, ScaleType, Schedule, Staging,
+    Tiling,
 };
 
 /// One parsed source: the prelude or the user's file.
@@ -646,6 +647,8 @@ impl Checker<'_> {
             format.as_ref().map(|(f, _)| f.group),
         );
 
+        let staging = self.staging(unit, seen.get("staging").copied(), schedule.as_ref());
+
         if self.errors.len() != before || d.recovered {
             return None;
         }
@@ -669,8 +672,51 @@ impl Checker<'_> {
             format,
             bias: if bias.is_some() { Some(bias_ty?) } else { None },
             schedule: schedule?,
+            staging: staging?,
             source_hash,
         })
+    }
+
+    /// `staging async|registers`: Some(None) when absent (the planner's default), None after an error.
+    fn staging(
+        &mut self,
+        unit: &Unit,
+        s: Option<&KernelStmt>,
+        schedule: Option<&Schedule>,
+    ) -> Option<Option<Staging>> {
+        let Some(s) = s else { return Some(None) };
+        let KernelStmtKind::Staging(id) = &s.kind else {
+            return None;
+        };
+        let staging = match id.name.as_str() {
+            "async" => Staging::Async,
+            "registers" => Staging::Registers,
+            other => {
+                self.err(
+                    Error::new(
+                        loc(unit, id.span),
+                        format!("unknown staging `{other}`"),
+                        "expected `async` or `registers`",
+                    )
+                    .help("`staging async` fills the ring with cp.async, `staging registers` through 16-byte loads"),
+                );
+                return None;
+            }
+        };
+        if let (Staging::Async, Some(Schedule::Manual(t))) = (staging, schedule) {
+            if t.stages < 2 {
+                self.err(
+                    Error::new(
+                        loc(unit, id.span),
+                        "cp.async staging needs a ring of at least two stages",
+                        format!("with stages {}", t.stages),
+                    )
+                    .help("use `stages 2` or more, or `staging registers`"),
+                );
+                return None;
+            }
+        }
+        Some(Some(staging))
     }
 
     fn targets(&mut self, unit: &Unit, s: Option<&KernelStmt>) -> Option<Vec<Arch>> {

@@ -145,6 +145,16 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
         let _ = writeln!(s, "  bias      {}[{}]", b.name(), k.n);
     }
     let _ = writeln!(s, "  format    {}", describe_format(&k.format));
+    if let Some(st) = k.staging {
+        let _ = writeln!(
+            s,
+            "  staging   {} (NVIDIA targets)",
+            match st {
+                crate::spec::Staging::Async => "async",
+                crate::spec::Staging::Registers => "registers",
+            }
+        );
+    }
     match &k.schedule {
         Schedule::Auto => {
             let _ = writeln!(s, "  schedule  auto");
