@@ -167,10 +167,9 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             Ok(())
         };
 
-    // `Plan::async_x`: tile `kt` copied straight into the stage at element `base` by `cp.async` (rows past M
-    // zero-filled through the source size), as one commit group.
-    // The 64-bit address of x (index is 32 bits wide here): the bare pointer inside the memref descriptor the
-    // NVVM lowering builds (`index-bitwidth=32`, so the cast folds away in `reconcile-unrealized-casts`).
+    // The 64-bit address of x for cp.async (index is 32 bits wide here): the bare pointer inside the memref
+    // descriptor the NVVM lowering builds (`codegen::lowering_pipeline`'s `index-bitwidth=32`, so the cast folds
+    // away in `reconcile-unrealized-casts`).
     let i64t = e.int(64);
     let x_ptr = if p.async_x {
         let desc_ty = melior::ir::Type::parse(
@@ -200,6 +199,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         e.index(),
         &[],
     )?;
+    // `Plan::async_x`: tile `kt` copied straight into the stage at element `base` by `cp.async` (rows past M
+    // zero-filled through the source size), as one commit group.
     let copy_x =
         |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>, base: Value<'c, 'b>| -> Result<(), IrError> {
             let x_ptr = x_ptr.ok_or_else(|| ir::emit::build_err("cp.async", "no x address"))?;
@@ -329,7 +330,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     // staging below) and software-pipelined `depth - 1` K iterations ahead in loop-carried registers (depth =
     // the plan's stages): a short-lived decode block then waits for memory about once instead of once per
     // iteration, which is what keeps enough bytes in flight to approach the HBM bandwidth.
-    // (cp.async staging takes the activations off the registers; the weights stay one step ahead.)
+    // (A wgmma block with cp.async staging keeps its weights one step ahead: its 16 warps sit at the 128-register
+    // limit, and the ring's own depth already hides the activation loads.)
     let depth = if p.async_x && p.wgmma { 2 } else { ring.max(2) };
     let last_kt0 = e.subi(ub, c(1)?)?;
     let mut nw = 0;
