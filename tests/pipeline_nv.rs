@@ -253,27 +253,25 @@ fn sm_90a_plans_take_wgmma_where_warpgroups_fit_and_dynamic_shared_memory_above_
             arch,
         )
     };
-    let sync_async = staged(
-        "sm_90",
-        "tile m=64 n=128 k=128; waves m=1 n=8",
-        "async",
-        Arch::Sm90,
-    );
-    assert!(sync_async.async_x && !sync_async.wgmma);
-    let wg_regs = staged(
-        "sm_90a",
-        "tile m=64 n=128 k=128; waves m=1 n=8",
-        "registers",
-        Arch::Sm90a,
-    );
-    assert!(wg_regs.wgmma && !wg_regs.async_x);
-    let amd = staged(
-        "gfx942, sm_90",
-        "tile m=64 n=128 k=128; waves m=1 n=4",
-        "async",
-        Arch::Gfx942,
-    );
-    assert!(!amd.async_x);
+    for (target, waves, staging, arch, routes) in [
+        ("sm_90", "m=1 n=8", "async", Arch::Sm90, (false, true)),
+        ("sm_90a", "m=1 n=8", "registers", Arch::Sm90a, (true, false)),
+        (
+            "gfx942, sm_90",
+            "m=1 n=4",
+            "async",
+            Arch::Gfx942,
+            (false, false),
+        ),
+    ] {
+        let p = staged(
+            target,
+            &format!("tile m=64 n=128 k=128; waves {waves}"),
+            staging,
+            arch,
+        );
+        assert_eq!((p.wgmma, p.async_x), routes, "{target}, staging {staging}");
+    }
     let ptx_of = |text: String, arch: Arch| {
         let kernels = check_file("k.nib", &text);
         let out = compile_kernel(&kernels[0], arch, &BTreeSet::new()).expect("compiles");
