@@ -276,19 +276,33 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (mut pass, mut fail) = (0, 0);
-    let mut report = |ok: bool, line: String| {
+    let (pass, fail) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    let report = |ok: bool, line: String| {
         println!("{} {line}", if ok { "ok  " } else { "FAIL" });
-        if ok {
-            pass += 1
-        } else {
-            fail += 1
-        }
+        let n = if ok { &pass } else { &fail };
+        n.set(n.get() + 1);
     };
-    for bk in bundle
+    let kernels: Vec<_> = bundle
         .kernels()
         .filter(|k| k.manifest.arch.starts_with("sm_"))
-    {
+        .collect();
+    // A kernel fault leaves the context unusable: every later call would fail with the same error and be reported
+    // against cases and kernels that never ran, so the check stops at the first one.
+    let stopped = |at: &str, left: usize| match dev.sticky_fault() {
+        Some(e) => {
+            report(
+                false,
+                format!(
+                    "the CUDA context is unusable after a kernel fault in {at} ({e}): the check stops; {left} \
+                     later kernel(s) not run"
+                ),
+            );
+            true
+        }
+        None => false,
+    };
+    'kernels: for (i, bk) in kernels.iter().enumerate() {
+        let left = kernels.len() - i - 1;
         let m = &bk.manifest;
         let name = bk.manifest_path.display().to_string();
         let kernel = match bk
@@ -299,6 +313,9 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
             Ok(k) => k,
             Err(e) => {
                 report(false, format!("{name}: load: {e}"));
+                if stopped(&m.kernel, left) {
+                    break 'kernels;
+                }
                 continue;
             }
         };
@@ -313,7 +330,12 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
                     .and_then(|inp| run_case(&dev, &kernel, &inp, Fault::None));
                 match res {
                     Ok(c) => report(c.passes(), format!("{} M={r} {what}: {c}", m.kernel)),
-                    Err(e) => report(false, format!("{} M={r} {what}: {e}", m.kernel)),
+                    Err(e) => {
+                        report(false, format!("{} M={r} {what}: {e}", m.kernel));
+                        if stopped(&m.kernel, left) {
+                            break 'kernels;
+                        }
+                    }
                 }
             }
         }
@@ -342,13 +364,19 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
                         }
                     ),
                 ),
-                Err(e) => report(
-                    false,
-                    format!("{} M={r} negative control {fault:?}: {e}", m.kernel),
-                ),
+                Err(e) => {
+                    report(
+                        false,
+                        format!("{} M={r} negative control {fault:?}: {e}", m.kernel),
+                    );
+                    if stopped(&m.kernel, left) {
+                        break 'kernels;
+                    }
+                }
             }
         }
     }
+    let (pass, fail) = (pass.get(), fail.get());
     println!("summary: {pass} passed, {fail} failed");
     if fail == 0 && pass > 0 {
         ExitCode::SUCCESS

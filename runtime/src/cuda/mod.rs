@@ -76,6 +76,17 @@ pub fn error_name(code: CuResult) -> String {
         .map_or_else(|| format!("CUresult({code})"), |(_, n)| (*n).to_string())
 }
 
+/// Errors after which the CUDA context is unusable: every later call in the process returns the same error (a
+/// kernel fault; the driver documents these as sticky).
+pub const STICKY_ERRORS: &[CuResult] = &[700, 714, 715, 716, 717, 718, 719];
+
+impl CudaError {
+    /// Whether this is a kernel fault that leaves the context unusable (`STICKY_ERRORS`).
+    pub fn is_sticky(&self) -> bool {
+        matches!(self, CudaError::Call { code, .. } if STICKY_ERRORS.contains(code))
+    }
+}
+
 fn check(call: &'static str, code: CuResult) -> Result<(), CudaError> {
     if code == ffi::CUDA_SUCCESS {
         Ok(())
@@ -220,6 +231,12 @@ impl Device {
         check("cuCtxSetCurrent", unsafe {
             (self.api().cuCtxSetCurrent)(self.inner.ctx)
         })
+    }
+
+    /// The kernel fault that has made this device's context unusable, if one has (what `cuCtxSynchronize`
+    /// reports then; other errors are not the context's state and give None).
+    pub fn sticky_fault(&self) -> Option<CudaError> {
+        self.synchronize().err().filter(CudaError::is_sticky)
     }
 
     pub fn synchronize(&self) -> Result<(), CudaError> {
@@ -988,5 +1005,29 @@ mod tests {
         m.launch.lds_bytes = 0;
         m.launch.dynamic_lds_bytes = 200 * 1024;
         assert!(check_shared_memory(&a100, &m).is_err());
+    }
+
+    #[test]
+    fn kernel_faults_are_sticky_and_named_without_a_driver() {
+        let call = |code| CudaError::Call {
+            call: "cuStreamSynchronize",
+            code,
+            name: error_name(code),
+        };
+        for &code in STICKY_ERRORS {
+            assert!(call(code).is_sticky(), "{code}");
+            assert!(
+                ffi::ERROR_NAMES.iter().any(|(c, _)| *c == code),
+                "{code} has a name"
+            );
+        }
+        // Out of memory, a bad argument or a JIT failure leave the context usable.
+        assert!(!call(2).is_sticky() && !call(1).is_sticky());
+        let jit = CudaError::Jit {
+            kernel: "k".into(),
+            name: "CUDA_ERROR_INVALID_PTX".into(),
+            log: String::new(),
+        };
+        assert!(!jit.is_sticky());
     }
 }
