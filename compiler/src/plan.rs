@@ -287,14 +287,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     } else {
         (wave_m / atom.m(), wave_n / atom.n())
     };
-    let wgmma = arch == Arch::Sm90a
-        && spec.x == DType::Bf16
-        && t.waves_m == 1
-        && t.waves_k == 1
-        && wave_n == NV_ATOM_ROWS
-        && t.waves_n.is_multiple_of(4)
-        && t.tile_m.is_multiple_of(NV_ATOM_TOKENS)
-        && t.tile_m <= WGMMA_MAX_N;
+    let wgmma = wgmma_route(spec, &t, arch);
     // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded; wgmma's core matrices
     // need no padding.
     let lds_row = if xf32 || wgmma {
@@ -493,6 +486,19 @@ pub struct Route {
     pub exact_pack: bool,
     pub group_accumulate: bool,
     pub xf32: bool,
+}
+
+/// Whether a tiling takes the sm_90a wgmma route (`Plan::wgmma`): bf16 activations, warps of 16 weight rows in
+/// whole warpgroups (`waves m=1 n=4j`, none along K), and a token tile that is a wgmma N.
+pub fn wgmma_route(spec: &KernelSpec, t: &Tiling, arch: Arch) -> bool {
+    arch == Arch::Sm90a
+        && spec.x == DType::Bf16
+        && t.waves_m == 1
+        && t.waves_k == 1
+        && t.tile_n == NV_ATOM_ROWS * t.waves_n
+        && t.waves_n.is_multiple_of(4)
+        && t.tile_m.is_multiple_of(NV_ATOM_TOKENS)
+        && t.tile_m <= WGMMA_MAX_N
 }
 
 pub fn route(spec: &KernelSpec, t: &Tiling, arch: Arch) -> Route {

@@ -182,6 +182,12 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
                 // The xf32 route (gfx942) stages f32 activations: the plan's LDS, not the bf16 estimate.
                 let (lds, route) = if crate::plan::route(k, t, *a).xf32 {
                     (budget::lds_bytes_f32(t), ", xf32 route")
+                } else if crate::plan::wgmma_route(k, t, *a) {
+                    // wgmma's core matrices need no row padding.
+                    (
+                        u64::from(t.stages) * u64::from(t.tile_m) * u64::from(t.tile_k) * 2,
+                        ", wgmma route",
+                    )
                 } else {
                     (budget::lds_bytes(t), "")
                 };
