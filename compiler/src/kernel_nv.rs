@@ -200,7 +200,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         &[],
     )?;
     // `Plan::async_x`: tile `kt` copied straight into the stage at element `base` by `cp.async` (rows past M
-    // zero-filled through the source size), as one commit group.
+    // zero-filled through the source size), as one commit group. mma.sync blocks cache the copies in L1 (`.ca`):
+    // several blocks share an SM and read the same activation rows (measured on the H100: QKV decode at M = 16
+    // 24.4 against 40.8 us with `.cg`); a wgmma block has its SM to itself and bypasses L1 (`.cg`: mixed on the
+    // four prefill shapes, 3% faster in total, docs/results/h100-session7/ca).
+    let cache = if p.wgmma { "cg" } else { "ca" };
     let copy_x =
         |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>, base: Value<'c, 'b>| -> Result<(), IrError> {
             let x_ptr = x_ptr.ok_or_else(|| ir::emit::build_err("cp.async", "no x address"))?;
@@ -214,7 +218,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let size = e.select(sl.in_m, e.i32c(16)?, e.i32c(0)?)?;
                 let copy = |e: &Emitter<'c, 'b>| -> Result<(), IrError> {
                     e.inline_asm(
-                        "cp.async.cg.shared.global [$0], [$1], 16, $2;",
+                        &format!("cp.async.{cache}.shared.global [$0], [$1], 16, $2;"),
                         "r,l,r,~{memory}",
                         &[dst, src, size],
                         None,
