@@ -292,10 +292,9 @@ fn sm_90a_plans_take_wgmma_where_warpgroups_fit_and_dynamic_shared_memory_above_
     // wgmma blocks bypass L1; mma.sync blocks, which share SMs and activation rows, cache the copies there.
     assert!(ptx.contains("cp.async.cg.shared.global") && !ptx.contains("cp.async.ca"));
     let sync_ptx = ptx_of(
-        format!(
-            "kernel k {{ target sm_90; x bf16[M, 1024]; w mxfp4[512, 1024]; y bf16[M, 512]; \
-             tile m=64 n=128 k=128; waves m=1 n=4; mma 16x16x16; stages 2; staging async }}"
-        ),
+        "kernel k { target sm_90; x bf16[M, 1024]; w mxfp4[512, 1024]; y bf16[M, 512]; \
+         tile m=64 n=128 k=128; waves m=1 n=4; mma 16x16x16; stages 2; staging async }"
+            .to_string(),
         Arch::Sm90,
     );
     assert!(sync_ptx.contains("cp.async.ca.shared.global") && !sync_ptx.contains("cp.async.cg"));
