@@ -160,8 +160,8 @@ pub struct Plan {
     /// NVIDIA plans with two or more stages whose kernel says `staging async`, or (by default) that take the wgmma
     /// route, fill the ring with `cp.async` (global to shared memory without registers), `stages - 1` tiles
     /// ahead, with one barrier per K step (`kernel_nv`). Register staging loads a tile and stores it within one K
-    /// step; measured on the H100 (docs/PERFORMANCE.md) it is 4-7% slower on the wgmma route at M = 4096, and
-    /// faster for the mma.sync decode tilings at M = 16, hence the per-route default.
+    /// step; measured on the H100 (docs/PERFORMANCE.md) it is 4-13% slower on the wgmma route at M = 4096, while
+    /// on mma.sync it is faster for some tilings and slower for others, hence the per-route default.
     pub async_x: bool,
     /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
     /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
