@@ -110,8 +110,26 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
                 (p.tiling.waves_m, p.tiling.tile_m),
                 if nv { (1, 80) } else { (2, 64) }
             );
+        } else {
+            // NVIDIA decode with K <= 8192: 16x32x512 over 2 x 4 warps with cp.async; AMD keeps its tiling.
+            let t = &p.tiling;
+            let got = (t.tile_n, t.tile_k, t.waves_n, t.waves_k, p.async_x);
+            assert_eq!(
+                got,
+                if nv {
+                    (32, 512, 2, 4, true)
+                } else {
+                    (128, 256, 4, 1, false)
+                }
+            );
         }
     }
+    // Longer K (the down projection's 28672 measured slower with it): the NVIDIA decode keeps the 16xN tiling.
+    let long = distinct_shapes(&[("model.layers.0.mlp.down_proj".to_string(), 256, 9216, None)]);
+    let lk = kernels_for(&long[0], "mxfp4", &[Arch::Sm90]).expect("kernels");
+    let checked = nibble_compiler::dsl::check_source(&lk[0].name, &lk[0].source).expect("checks");
+    let p = nibble_compiler::plan::plan(&checked.kernels[0], Arch::Sm90).expect("plans");
+    assert!(lk[0].name.ends_with("_decode") && p.tiling.waves_k == 1 && !p.async_x);
     // NVIDIA alone keeps the plain names.
     let only = kernels_for(&shapes[0], "mxfp4", &[Arch::Sm90]).expect("kernels");
     assert!(only.iter().all(|k| !k.name.ends_with("_nv")));

@@ -79,7 +79,7 @@ pub fn kernels_for(
     );
     let mut out = vec![];
     // Decode: one 16-row MFMA tile per wave, waves split N (the tilings of the Llama examples, docs/PERFORMANCE.md;
-    // on the H100 too, 16x128 over four warps was the fastest decode tiling measured).
+    // NVIDIA takes another tiling for K up to 8192, below).
     let dn = largest_dividing(n, &[128, 64, 32])
         .ok_or_else(|| format!("N = {n} is not a multiple of 32"))?;
     let dw = (dn / 32).clamp(1, 4);
@@ -104,10 +104,25 @@ pub fn kernels_for(
         }
         let targets = archs.join(", ");
         let decode = format!("{base}_decode{suffix}");
+        // NVIDIA with K up to 8192: 32 rows per block over 2 x 4 warps (4 along K) with L1-cached cp.async
+        // staging, so the several blocks an SM holds share the activation rows (the benchmark's `qkv_ka`). Measured
+        // on the H100 against the 16x128 tiling below at M = 1/16 (docs/results/h100-session7/model-decode): QKV
+        // 23.7/24.1 against 26.5/30.2 us, O 19.0/22.4 against 21.1/25.3, gate/up 100.4/113.4 against 111.1/118.7;
+        // slower for down (K = 28672: 55.8/70.5 against 52.8/56.9), hence the bound on K.
+        let (dtile, dwaves, staging) =
+            if nvidia && k.is_multiple_of(512) && k <= 8192 && n.is_multiple_of(32) {
+                (
+                    "m=16 n=32 k=512".to_string(),
+                    "m=1 n=2 k=4".to_string(),
+                    "  staging async\n",
+                )
+            } else {
+                (format!("m=16 n={dn} k={tile_k}"), format!("m=1 n={dw}"), "")
+            };
         out.push(GeneratedKernel {
             name: decode.clone(),
             source: format!(
-                "{header}kernel {decode} {{\n  target {targets}\n{tensors}  tile   m=16 n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n}}\n"
+                "{header}kernel {decode} {{\n  target {targets}\n{tensors}  tile   {dtile}\n  waves  {dwaves}\n  mma    16x16x16\n  stages 2\n{staging}}}\n"
             ),
             m_range: (1, DECODE_MAX_M),
         });
