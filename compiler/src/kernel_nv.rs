@@ -193,7 +193,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     } else {
         None
     };
-    let lds_ptr = e.op1(
+    // Shared-window address of the workgroup buffer: cp.async destinations, wgmma descriptors, ldmatrix rows.
+    let lds_base = e.op1(
         "memref.extract_aligned_pointer_as_index",
         &[a.lds],
         e.index(),
@@ -214,7 +215,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 let src = e.muli(src, e.const_int(2, i64t)?)?;
                 let src = e.addi(x_ptr, src)?;
                 let dst = e.muli(e.addi(base, sl.local)?, c(2)?)?;
-                let dst = e.index_cast(e.addi(lds_ptr, dst)?, i32t)?;
+                let dst = e.index_cast(e.addi(lds_base, dst)?, i32t)?;
                 let size = e.select(sl.in_m, e.i32c(16)?, e.i32c(0)?)?;
                 let copy = |e: &Emitter<'c, 'b>| -> Result<(), IrError> {
                     e.inline_asm(
@@ -256,12 +257,6 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let k8 = e.muli(mat_k, c(8)?)?;
         b_off.push(slice_offset(e, kw, e.addi(ro, k8)?, p.k_slice)?);
     }
-    let lds_base = e.op1(
-        "memref.extract_aligned_pointer_as_index",
-        &[a.lds],
-        e.index(),
-        &[],
-    )?;
     let ptr3 = melior::ir::Type::parse(e.ctx, "!llvm.ptr<3>")
         .ok_or_else(|| ir::emit::build_err("nvvm.ldmatrix", "pointer type"))?;
     let quad = melior::ir::Type::parse(e.ctx, "!llvm.struct<(i32, i32, i32, i32)>")

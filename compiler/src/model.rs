@@ -108,17 +108,17 @@ pub fn kernels_for(
         // staging, so the several blocks an SM holds share the activation rows (the benchmark's `qkv_ka`). Measured
         // on the H100 against the 16x128 tiling below at M = 1/16 (docs/results/h100-session7/model-decode): QKV
         // 23.7/24.1 against 26.5/30.2 us, O 19.0/22.4 against 21.1/25.3, gate/up 100.4/113.4 against 111.1/118.7;
-        // slower for down (K = 28672: 55.8/70.5 against 52.8/56.9), hence the bound on K.
-        let (dtile, dwaves, staging) =
-            if nvidia && k.is_multiple_of(512) && k <= 8192 && n.is_multiple_of(32) {
-                (
-                    "m=16 n=32 k=512".to_string(),
-                    "m=1 n=2 k=4".to_string(),
-                    "  staging async\n",
-                )
-            } else {
-                (format!("m=16 n={dn} k={tile_k}"), format!("m=1 n={dw}"), "")
-            };
+        // slower for down (K = 28672: 55.8/70.5 against 52.8/56.9), hence the bound on K. (N is a multiple of 32:
+        // `dn` above.)
+        let (dtile, dwaves, staging) = if nvidia && k.is_multiple_of(512) && k <= 8192 {
+            (
+                "m=16 n=32 k=512".to_string(),
+                "m=1 n=2 k=4".to_string(),
+                "  staging async\n",
+            )
+        } else {
+            (format!("m=16 n={dn} k={tile_k}"), format!("m=1 n={dw}"), "")
+        };
         out.push(GeneratedKernel {
             name: decode.clone(),
             source: format!(
