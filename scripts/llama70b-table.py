@@ -15,7 +15,7 @@ from pathlib import Path
 
 SHAPES = {"qkv": (10240, 8192), "o": (8192, 8192), "gate_up": (57344, 8192), "down": (8192, 28672)}
 ROW = re.compile(
-    r"^\s+(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*w(\d+)x(\d+)\s+(\d+x\d+x\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+"
+    r"^\s+(\d+)\s*x\s*(\d+)\s*x\s*(\d+)\s*w(\d+)x(\d+)\s+(\d+x\d+x\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+"
     r"([\d.]+)\s+([\d.]+)\s+([\d.]+)"
 )
 HEAD = re.compile(r"^kernel (\S+) on (\S+) at M=(\d+): HBM roofline ([\d.]+) us \(bf16 weights: ([\d.]+) us\)")
@@ -51,10 +51,10 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for (name, arch, m, hbm, bf16), g in rows:
-            tm, tn, tk, wm, wn, atom = g[:6]
+            tm, tn, tk, wm, wn, atom, split = g[:7]
             n, k = SHAPES[name]
             src = (f"kernel {name} {{ target {arch}; x bf16[M, {k}]; w mxfp4[{n}, {k}]; y bf16[M, {n}]; "
-                   f"tile m={tm} n={tn} k={tk}; waves m={wm} n={wn}; mma {atom}; stages 2 }}\n")
+                   f"tile m={tm} n={tn} k={tk}; waves m={wm} n={wn}; mma {atom}; stages 2; split {split} }}\n")
             nib = Path(tmp) / f"{name}_{arch}_{m}.nib"
             nib.write_text(src)
             od = Path(tmp) / f"o_{name}_{arch}_{m}"
@@ -62,11 +62,11 @@ def main():
             man = json.loads((od / f"{name}.{arch}.json").read_text())
             ins = json.loads(run([a.nibble, "inspect", "--json", str(od / f"{name}.{arch}.hsaco")]))
             kr = ins["kernels"][0]
-            split = man["launch"]["grid"][2].get("value", 1)
+            split = man["launch"]["grid"][2].get("value", 1)  # the plan's split, as launched
             route = "xf32" if "reducePrecision" in (od / man["kernel_ir"]).read_text() else "bf16"
             plan = f"{tm}x{tn}x{tk} w{wm}x{wn} {atom}" + (f" split {split}" if split and split > 1 else "")
             valu = kr["valu_per_weight_element"]
-            print(f"| {n}x{k} | {m} | {arch} | {plan} | {route} | {g[12]} | {hbm} | {bf16} | "
+            print(f"| {n}x{k} | {m} | {arch} | {plan} | {route} | {g[13]} | {hbm} | {bf16} | "
                   f"{valu:.3f} | {kr['vgprs']} | {kr['occupancy_waves_per_simd']} | "
                   f"{kr['scratch_bytes']}/{kr['vgpr_spills']} |")
 

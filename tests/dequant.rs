@@ -43,6 +43,7 @@ pub fn spec(
             waves_k: 1,
             mma,
             stages: 2,
+            split_k: None,
         }),
         staging: None,
         source_hash: "h".into(),

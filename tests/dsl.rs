@@ -174,9 +174,35 @@ fn separators_are_newlines_semicolons_or_nothing() {
             waves_n: 4,
             waves_k: 1,
             mma: MmaAtom::M16N16K16,
-            stages: 1
+            stages: 1,
+            split_k: None,
         })
     );
+}
+
+/// `split S` sets the tiling's cross-workgroup split-K, which the plan launches as S workgroups along z; without
+/// it the planner's rule decides (here: 2 N tiles would leave the CUs idle, so it splits).
+#[test]
+fn split_sets_the_plans_cross_workgroup_split() {
+    let with = |split: &str| {
+        let src = format!(
+            "kernel k {{ target gfx942; x bf16[M, 1024]; w mxfp4[128, 1024]; y bf16[M, 128]; \
+             tile m=16 n=64 k=128; waves m=1 n=4; mma 16x16x16; stages 2; {split} }}"
+        );
+        let spec = check_source("t.nib", &src)
+            .unwrap_or_else(|d| panic!("{}", d.render()))
+            .kernels
+            .remove(0);
+        let Schedule::Manual(t) = spec.schedule else {
+            panic!("manual tiling")
+        };
+        let p =
+            nibble_compiler::plan::plan(&spec, nibble_compiler::arch::Arch::Gfx942).expect("plans");
+        (t.split_k, p.split_k)
+    };
+    assert_eq!(with("split 8"), (Some(8), 8));
+    assert_eq!(with("split 1"), (Some(1), 1));
+    assert_eq!(with(""), (None, 4));
 }
 
 #[test]
@@ -252,6 +278,7 @@ fn tiling(m: u32, n: u32, k: u32, wm: u32, wn: u32, mma: MmaAtom, stages: u32) -
         waves_k: 1,
         mma,
         stages,
+        split_k: None,
     }
 }
 

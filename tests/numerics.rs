@@ -91,6 +91,7 @@ fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> Kernel
             waves_k: 1,
             mma: atom,
             stages: 2,
+            split_k: None,
         }),
         staging: None,
         source_hash: "test".into(),
@@ -298,18 +299,26 @@ fn the_matrix_passes_within_the_derived_bound() {
     );
 }
 
+/// Shrinks `spec` to a reduced-size run of tiling `t`: `n_tiles` workgroup columns and three K iterations, or, when
+/// the tiling names a cross-workgroup split, that split (at most 4, so the interpreter need not run 32 K tiles) with
+/// two K iterations per workgroup, so the split protocol itself is exercised.
+pub fn reduce(spec: &mut KernelSpec, mut t: Tiling, n_tiles: u32) {
+    t.split_k = t.split_k.map(|s| s.min(4));
+    spec.n = t.tile_n * n_tiles;
+    spec.k = t.tile_k * t.split_k.filter(|&s| s > 1).map_or(3, |s| 2 * s);
+    spec.schedule = Schedule::Manual(t);
+}
+
 #[test]
 fn every_example_passes_at_reduced_size() {
     let mut rng = Rng(0x0DD5_EED5);
     let mut seen = 0;
     for (_, mut spec) in crate::pipeline::examples() {
-        // Same tiling, smaller problem: two workgroups along N, three K iterations (or the tile's minimum).
+        // Same tiling, smaller problem: two workgroups along N, few K iterations.
         let tiling = nibble_compiler::plan::plan(&spec, spec.targets[0])
             .expect("plans")
             .tiling;
-        spec.n = tiling.tile_n * 2;
-        spec.k = tiling.tile_k * 3;
-        spec.schedule = Schedule::Manual(tiling);
+        reduce(&mut spec, tiling, 2);
         for &arch in &spec.targets.clone() {
             let b = bundle(&spec, arch);
             let m = tiling.tile_m + 3;
@@ -473,7 +482,7 @@ fn gfx90a_flushes_denormal_weights_and_gfx942_keeps_them() {
 
 /// Issue 6's static criteria for the plans `schedule auto` picks for the Llama-3-70B layers (docs/llama70b_auto.nib)
 /// at M = 1, 16, 256 and 4096 on both AMD targets: at full size no scratch and no spills; at reduced size (same
-/// tiling, one workgroup column, three K iterations) no LDS bank conflicts under the interpreter's model and results
+/// tiling, one workgroup column, few K iterations: `reduce`) no LDS bank conflicts under the interpreter's model and results
 /// within the error bound of the reference.
 #[test]
 fn llama_plan_choices_have_no_spills_no_lds_bank_conflicts_and_pass() {
@@ -503,8 +512,7 @@ fn llama_plan_choices_have_no_spills_no_lds_bank_conflicts_and_pass() {
                     "{what}: scratch or spills"
                 );
                 let mut small = full.clone();
-                small.n = t.tile_n;
-                small.k = t.tile_k * 3;
+                reduce(&mut small, t, 1);
                 let b = bundle(&small, arch);
                 let inp = inputs(&small, t.tile_m + 3, Data::Quantized, &mut rng);
                 let r = run_interpreted(&b, &inp, &LaunchOptions::default()).expect("runs");
@@ -539,6 +547,70 @@ fn passes_without_bank_conflicts(
     }
 }
 
+/// `split S` (an explicit cross-workgroup split-K) on both AMD archs, each against the planner's rule: one K
+/// iteration per workgroup on the xf32 decode route (the rule would split 2 ways), `split 1` where the rule would
+/// split (no workspace, one workgroup along z), and a prefill tile (the rule splits only tiles of up to 32 rows).
+/// Each must launch `S` workgroups along z and pass the reference at M = 1 and a ragged M. Negative control:
+/// launching only the first of several splits (grid z = 1) leaves every output tile waiting for partial sums that
+/// never come, and must fail the comparison.
+#[test]
+fn explicit_splits_pass_and_a_missing_split_is_detected() {
+    use nibble_runtime::manifest::GridDim;
+    let mut rng = Rng(0x5B117);
+    // (tile m, n, k, waves m, n, atom, split, K)
+    let cases = [
+        (16, 64, 256, 1, 4, MmaAtom::M16N16K16, 4, 1024),
+        (16, 128, 128, 1, 2, MmaAtom::M16N16K16, 1, 512),
+        (64, 64, 128, 2, 2, MmaAtom::M32N32K8, 2, 512),
+    ];
+    for (tile_m, tile_n, tile_k, waves_m, waves_n, mma, split, k) in cases {
+        let mut spec = kernel(Fmt::Mxfp4, mma, 256, k, DType::Bf16, true);
+        spec.schedule = Schedule::Manual(Tiling {
+            tile_m,
+            tile_n,
+            tile_k,
+            waves_m,
+            waves_n,
+            waves_k: 1,
+            mma,
+            stages: 2,
+            split_k: Some(split),
+        });
+        for arch in [Arch::Gfx942, Arch::Gfx90a] {
+            let what = format!(
+                "{tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n} split {split} K={k} on {}",
+                arch.name()
+            );
+            let b = bundle(&spec, arch);
+            assert_eq!(
+                b.manifest.launch.grid[2],
+                GridDim::Const { value: split },
+                "{what}"
+            );
+            let rule =
+                nibble_compiler::plan::choose_split_k(256 / tile_n, k / tile_k, tile_m, 1, arch);
+            assert_ne!(
+                rule, split,
+                "{what}: the planner's rule would choose it too"
+            );
+            assert_eq!(
+                b.manifest.args.iter().any(|a| a.name == "workspace"),
+                split > 1,
+                "{what}"
+            );
+            passes_without_bank_conflicts(&b, &spec, tile_m, &mut rng, &what);
+            if split == 1 {
+                continue;
+            }
+            let mut cut = bundle(&spec, arch);
+            cut.manifest.launch.grid[2] = GridDim::Const { value: 1 };
+            let inp = inputs(&spec, tile_m + 3, Data::Quantized, &mut rng);
+            let c = check(&cut, &spec, &inp, &LaunchOptions::default(), |_| {});
+            assert!(c.violations > 0, "{what}: one split of {split} passed");
+        }
+    }
+}
+
 /// The xf32 route's variants beyond the decode examples: two waves along M (rows 16-31 of the swizzled f32 tile),
 /// a single LDS stage (the barrier-guarded ring path), and more threads than activation vectors (ragged staging).
 /// Each must take the route, pass the numerical comparison (with split-K where the planner splits) and keep the
@@ -562,6 +634,7 @@ fn xf32_route_variants_pass() {
             waves_k: 1,
             mma: MmaAtom::M16N16K16,
             stages,
+            split_k: None,
         });
         let what = format!("{tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n} stages {stages}");
         let p = nibble_compiler::plan::plan(&spec, Arch::Gfx942).expect("plans");
@@ -600,6 +673,7 @@ fn k_wave_variants_pass_and_a_missing_slice_is_detected() {
             waves_k,
             mma,
             stages,
+            split_k: None,
         });
         for arch in [Arch::Gfx942, Arch::Gfx90a] {
             let what = format!(

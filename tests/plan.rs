@@ -35,6 +35,7 @@ fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, ts: bool, mma: MmaAto
             waves_k: 1,
             mma,
             stages: 2,
+            split_k: None,
         }),
         staging: None,
         source_hash: "h".into(),

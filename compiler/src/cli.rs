@@ -642,12 +642,13 @@ fn plan_cmd(
     let row = |p: &costmodel::Prediction| {
         let t = &p.tiling;
         format!(
-            "{:>3}x{:<3}x{:<3} w{} {:<8} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}",
+            "{:>3}x{:<3}x{:<3} w{} {:<8} {:>5} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}",
             t.tile_m,
             t.tile_n,
             t.tile_k,
             t.waves_name(),
             t.mma.name(),
+            p.split_k,
             p.workgroups,
             p.occupancy,
             p.rounds,
@@ -662,7 +663,7 @@ fn plan_cmd(
         .trim_end()
         .to_string()
     };
-    let header = "tile         waves mma          wgs  occ rounds    mem us   valu us   mfma us  predict us   valu/e  route";
+    let header = "tile         waves mma     split    wgs  occ rounds    mem us   valu us   mfma us  predict us   valu/e  route";
     for k in &checked.kernels {
         let archs = if targets.is_empty() {
             k.targets.clone()
@@ -709,7 +710,7 @@ fn plan_cmd(
                 };
                 let _ = writeln!(
                     out,
-                    "  chosen: the first row, {bound}-bound; {} candidates considered ({} shown); ties go to less VALU time, then lower VALU cost per element, then more waves and larger tiles",
+                    "  chosen: the first row, {bound}-bound; {} candidates considered ({} shown); ties go to less VALU work (all waves' VALU time spread over the SIMDs), then lower VALU cost per element, then more waves and larger tiles",
                     ranked.len(),
                     shown
                 );

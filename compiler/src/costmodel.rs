@@ -29,6 +29,8 @@ const FIXED_US: f64 = 4.0;
 pub struct Prediction {
     pub tiling: Tiling,
     pub workgroups: u64,
+    /// Cross-workgroup split-K of the plan (1: none), whether the tiling gave it or the planner's rule chose it.
+    pub split_k: u32,
     /// Waves per SIMD the kernel can keep resident (registers and LDS).
     pub occupancy: u32,
     /// Rounds of workgroups over the CUs (wave quantization).
@@ -36,6 +38,9 @@ pub struct Prediction {
     pub bytes: f64,
     pub memory_us: f64,
     pub valu_us: f64,
+    /// All waves' VALU time spread evenly over the SIMDs: the dequantization work itself, without the wave
+    /// quantization that `valu_us` includes.
+    pub valu_work_us: f64,
     pub mfma_us: f64,
     pub predicted_us: f64,
     pub valu_per_element: f64,
@@ -139,23 +144,22 @@ pub fn predict(
     // The re-read data is the weights (per M tile) and a band of activation rows (per N tile): the model asks that
     // the weights fit; the band of rows the resident workgroups share is small next to them.
     let fits_llc = info.llc_tb_s > 0.0 && weight_bytes <= info.llc_mb * 1e6;
-    // Split-K partials are written and read back within microseconds: with such a cache they live there too.
-    let (bytes, llc_bytes) = if fits_llc && weight_bytes + split_bytes <= info.llc_mb * 1e6 {
+    let (mut bytes, mut llc_bytes) = if fits_llc {
         (
             weight_bytes + x_bytes + y_bytes,
-            (m_tiles as f64 - 1.0) * weight_bytes + (n_tiles - 1.0) * x_bytes + split_bytes,
-        )
-    } else if fits_llc {
-        (
-            weight_bytes + x_bytes + y_bytes + split_bytes,
             (m_tiles as f64 - 1.0) * weight_bytes + (n_tiles - 1.0) * x_bytes,
         )
     } else {
-        (
-            m_tiles as f64 * weight_bytes + x_bytes + y_bytes + split_bytes,
-            0.0,
-        )
+        (m_tiles as f64 * weight_bytes + x_bytes + y_bytes, 0.0)
     };
+    // Split-K partials are read back by the same kernel within a round or two of workgroups, microseconds after
+    // they are written: where they fit the last-level cache they are assumed to stay there, even while weights
+    // too large for it stream past.
+    if info.llc_tb_s > 0.0 && split_bytes <= info.llc_mb * 1e6 {
+        llc_bytes += split_bytes;
+    } else {
+        bytes += split_bytes;
+    }
     // A CU streams about 1/CUs of the HBM bandwidth: with fewer workgroups in flight than CUs, only that fraction
     // of the bandwidth is drawn (which split-K is there to avoid).
     let concurrent = workgroups.min(u64::from(info.cus) * wgs_per_cu);
@@ -199,16 +203,19 @@ pub fn predict(
     let per_simd_waves = (waves / simds).ceil().max(rounds as f64);
     let hz = info.clock_ghz * 1e9;
     let valu_us = per_simd_waves * valu_cycles_per_wave / hz * 1e6;
+    let valu_work_us = waves / simds * valu_cycles_per_wave / hz * 1e6;
     let mfma_us = per_simd_waves * mfma_cycles_per_wave / hz * 1e6;
     let predicted_us = memory_us.max(valu_us.max(mfma_us)) + FIXED_US;
     Some(Prediction {
         tiling: t,
         workgroups,
+        split_k: p.split_k,
         occupancy,
         rounds,
         bytes,
         memory_us,
         valu_us,
+        valu_work_us,
         mfma_us,
         predicted_us,
         valu_per_element,
@@ -254,7 +261,7 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
                         if words > MAX_WORDS_PER_LANE_ITER {
                             continue;
                         }
-                        out.push(Tiling {
+                        let base = Tiling {
                             tile_m,
                             tile_n,
                             tile_k,
@@ -263,7 +270,13 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
                             waves_k: 1,
                             mma,
                             stages: 2,
-                        });
+                            split_k: None,
+                        };
+                        out.extend(
+                            split_choices(spec, arch, &base)
+                                .into_iter()
+                                .map(|split_k| Tiling { split_k, ..base }),
+                        );
                     }
                 }
             }
@@ -272,7 +285,27 @@ pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
     out
 }
 
-/// All feasible candidates' predictions for M, best first (ties broken by fewer padded rows of M, less VALU time,
+/// Cross-workgroup splits `schedule auto` weighs for a candidate tiling. On AMD decode tiles (tile m <= 32, the
+/// tiles the planner's rule splits) every split in {1, 2, 4, 8, 16} and the rule's own choice that divides the K
+/// iterations and leaves each workgroup at least two of them (so the ring has a tile to overlap); the model then
+/// compares wave quantization, partial-sum traffic and VALU time across them. Elsewhere the planner's rule (on
+/// NVIDIA it was measured: `plan::choose_split_k`).
+fn split_choices(spec: &KernelSpec, arch: Arch, t: &Tiling) -> Vec<Option<u32>> {
+    if arch.is_nvidia() || t.tile_m > 32 {
+        return vec![None];
+    }
+    let k_iters = spec.k / t.tile_k;
+    let rule = plan::choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, t.waves_k, arch);
+    let mut splits: Vec<u32> = [1, 2, 4, 8, 16, rule]
+        .into_iter()
+        .filter(|&s| k_iters.is_multiple_of(s) && (s == 1 || k_iters / s >= 2))
+        .collect();
+    splits.sort_unstable();
+    splits.dedup();
+    splits.into_iter().map(Some).collect()
+}
+
+/// All feasible candidates' predictions for M, best first (ties broken by fewer padded rows of M, less VALU work,
 /// lower VALU cost per element, higher occupancy,
 /// then more waves per workgroup and larger tiles, which hide latency in ways the model does not see; the order is
 /// deterministic). `measure` compiles each candidate (slower) to use measured VALU and registers.
@@ -293,14 +326,15 @@ pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Predict
         .collect();
     let padding = |t: &Tiling| m.div_ceil(t.tile_m) * t.tile_m - m;
     // The prediction assumes memory, VALU and MFMA overlap perfectly; real overlap is partial, so among equal
-    // predictions the plan that spends the least VALU time (the dequantization, which competes with address and
-    // loop work on the same SIMD) is safer. VALU time, not VALU per element: more M tiles per wave share each
-    // dequantized element.
+    // predictions the plan that does the least VALU work (the dequantization, which competes with address and
+    // loop work on the same SIMD) is safer. Work, not VALU per element: more M tiles per wave share each
+    // dequantized element, and waves along M dequantize the same weights twice. Work, not the busiest SIMD's
+    // time: at equal predicted time wave quantization only says how the same work lands on the SIMDs.
     out.sort_by(|a, b| {
         a.predicted_us
             .total_cmp(&b.predicted_us)
             .then(padding(&a.tiling).cmp(&padding(&b.tiling)))
-            .then(a.valu_us.total_cmp(&b.valu_us))
+            .then(a.valu_work_us.total_cmp(&b.valu_work_us))
             .then(a.valu_per_element.total_cmp(&b.valu_per_element))
             .then(b.occupancy.cmp(&a.occupancy))
             .then(key(&b.tiling).cmp(&key(&a.tiling)))
@@ -308,14 +342,15 @@ pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Predict
     out
 }
 
-/// Larger is preferred on ties.
-fn key(t: &Tiling) -> (u32, u32, u32, u32, bool) {
+/// Larger is preferred on ties; last, fewer cross-workgroup splits (less partial-sum traffic and epilogue work).
+fn key(t: &Tiling) -> (u32, u32, u32, u32, bool, u32) {
     (
         t.waves_m * t.waves_n,
         t.tile_n,
         t.tile_k,
         u32::MAX - t.tile_m,
         t.mma == MmaAtom::M16N16K16,
+        u32::MAX - t.split_k.unwrap_or(0),
     )
 }
 

@@ -192,6 +192,7 @@ pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
             waves_k: 1,
             mma: MmaAtom::M16N16K16,
             stages: 2,
+            split_k: None,
         })
 }
 
@@ -330,7 +331,15 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let dynamic_lds = nvidia && lds_bytes > NV_STATIC_SMEM_BYTES;
 
     let k_iters = spec.k / t.tile_k;
-    let split_k = choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, t.waves_k, arch);
+    let split_k = match t.split_k {
+        Some(s) if s >= 1 && k_iters.is_multiple_of(s) => s,
+        Some(s) => {
+            return Err(unsupported(format!(
+                "split {s} does not divide the {k_iters} K iterations"
+            )))
+        }
+        None => choose_split_k(spec.n / t.tile_n, k_iters, t.tile_m, t.waves_k, arch),
+    };
     let xb = 2u64;
     // Rows of x, of y, and (with split-K) of every split's f32 partials must stay within 32-bit offsets.
     let row_bytes = (u64::from(spec.k) * xb)

@@ -107,6 +107,9 @@ pub struct Tiling {
     pub waves_k: u32,
     pub mma: MmaAtom,
     pub stages: u32,
+    /// `split S`: cross-workgroup split-K over S workgroups along grid z, each taking K / tile_k / S of the K
+    /// iterations (S = 1: none). None: the planner's rule (`plan::choose_split_k`).
+    pub split_k: Option<u32>,
 }
 
 impl Tiling {

@@ -195,6 +195,8 @@ pub enum KernelStmtKind {
         span: Span,
     },
     Stages(Num),
+    /// `split S` (cross-workgroup split-K, with a manual tiling)
+    Split(Num),
     /// `staging async|registers` (NVIDIA targets)
     Staging(Ident),
     Schedule(Ident),
@@ -210,6 +212,7 @@ impl KernelStmtKind {
             KernelStmtKind::Waves(_) => "waves",
             KernelStmtKind::Mma { .. } => "mma",
             KernelStmtKind::Stages(_) => "stages",
+            KernelStmtKind::Split(_) => "split",
             KernelStmtKind::Staging(_) => "staging",
             KernelStmtKind::Schedule(_) => "schedule",
         }

@@ -647,6 +647,10 @@ impl Checker<'_> {
             format.as_ref().map(|(f, _)| f.group),
         );
 
+        let schedule = match seen.get("split") {
+            Some(st) => schedule.and_then(|sch| self.split(unit, st, sch, k)),
+            None => schedule,
+        };
         let staging = self.staging(unit, seen.get("staging").copied(), schedule.as_ref());
 
         if self.errors.len() != before || d.recovered {
@@ -675,6 +679,62 @@ impl Checker<'_> {
             staging: staging?,
             source_hash,
         })
+    }
+
+    /// `split S`: sets the manual tiling's cross-workgroup split-K; None after an error.
+    fn split(
+        &mut self,
+        unit: &Unit,
+        s: &KernelStmt,
+        schedule: Schedule,
+        k: Option<(u32, Span)>,
+    ) -> Option<Schedule> {
+        let KernelStmtKind::Split(num) = &s.kind else {
+            return None;
+        };
+        let Schedule::Manual(mut t) = schedule else {
+            self.err(
+                Error::new(
+                    loc(unit, s.span),
+                    "`split` needs a manual tiling",
+                    "sets the split-K of a tiling",
+                )
+                .help(
+                    "`schedule auto` chooses the split with the tiling; give tile, waves, mma and stages too, or \
+                     remove `split`",
+                ),
+            );
+            return None;
+        };
+        // Without K (or with a tile k that does not divide it) the other checks have reported the error.
+        let (kv, _) = k?;
+        if t.tile_k == 0 || !kv.is_multiple_of(t.tile_k) {
+            return None;
+        }
+        let iters = kv / t.tile_k;
+        if num.value == 0 || !iters.is_multiple_of(num.value) {
+            let divisors: Vec<String> = (1..=iters)
+                .filter(|d| iters.is_multiple_of(*d))
+                .map(|d| d.to_string())
+                .collect();
+            self.err(
+                Error::new(
+                    loc(unit, num.span),
+                    format!(
+                        "split {} does not divide the {iters} K iterations of this tiling",
+                        num.value
+                    ),
+                    "not a divisor of the K iterations",
+                )
+                .help(format!(
+                    "each of the split's workgroups takes whole K tiles (K / tile k = {iters}); use one of {}",
+                    list(&divisors.iter().map(String::as_str).collect::<Vec<_>>(), "or")
+                )),
+            );
+            return None;
+        }
+        t.split_k = Some(num.value);
+        Some(Schedule::Manual(t))
     }
 
     /// `staging async|registers`: Some(None) when absent (the planner's default), None after an error.
@@ -1046,6 +1106,7 @@ impl Checker<'_> {
             waves_k: waves[2].0,
             mma,
             stages,
+            split_k: None,
         };
         let (tm_span, tn_span, tk_span) = (tile[0].1, tile[1].1, tile[2].1);
         let before = self.errors.len();

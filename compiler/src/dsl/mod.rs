@@ -162,7 +162,7 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
         Schedule::Manual(t) => {
             let _ = writeln!(
                 s,
-                "  schedule  tile m={} n={} k={}, waves m={} n={}{}, mma {}, stages {}",
+                "  schedule  tile m={} n={} k={}, waves m={} n={}{}, mma {}, stages {}{}",
                 t.tile_m,
                 t.tile_n,
                 t.tile_k,
@@ -174,7 +174,10 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
                     String::new()
                 },
                 t.mma.name(),
-                t.stages
+                t.stages,
+                t.split_k
+                    .map(|s| format!(", split {s}"))
+                    .unwrap_or_default()
             );
             let v = budget::vgprs(t, k.format.group);
             for a in &k.targets {

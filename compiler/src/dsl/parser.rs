@@ -14,7 +14,8 @@ pub const MAX_DEPTH: usize = 16;
 
 /// Statement keywords of a kernel block, for messages.
 pub const KERNEL_STATEMENTS: &[&str] = &[
-    "target", "x", "w", "y", "bias", "tile", "waves", "mma", "stages", "staging", "schedule",
+    "target", "x", "w", "y", "bias", "tile", "waves", "mma", "stages", "split", "staging",
+    "schedule",
 ];
 const FORMAT_STATEMENTS: &[&str] = &["element", "scale", "tensor_scale"];
 const ELEMENT_FIELDS: &[&str] = &["exp", "man", "bias"];
@@ -452,6 +453,7 @@ impl Parser<'_> {
             "waves" => KernelStmtKind::Waves(self.key_values("waves", "`m=1 n=4`")?),
             "mma" => self.mma()?,
             "stages" => KernelStmtKind::Stages(self.num("the number of pipeline stages")?),
+            "split" => KernelStmtKind::Split(self.num("the number of workgroups splitting K")?),
             "staging" => KernelStmtKind::Staging(self.ident("`async` or `registers`")?),
             "schedule" => KernelStmtKind::Schedule(self.ident("`auto`")?),
             other => {
