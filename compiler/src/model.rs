@@ -78,8 +78,9 @@ pub fn kernels_for(
         shape.layers.join(", ")
     );
     let mut out = vec![];
-    // Decode: one 16-row MFMA tile per wave, waves split N (the tilings of the Llama examples, docs/PERFORMANCE.md;
-    // NVIDIA takes another tiling for K up to 8192, below).
+    // Decode: AMD targets take `schedule auto` (the cost model's tiling and split for each arch, which on gfx942
+    // meets the VALU target of the Llama-3-70B layers, docs/PERFORMANCE.md); NVIDIA one 16-row MMA tile per warp,
+    // warps split N (another tiling for K up to 8192, below), the tilings measured on the H100.
     let dn = largest_dividing(n, &[128, 64, 32])
         .ok_or_else(|| format!("N = {n} is not a multiple of 32"))?;
     let dw = (dn / 32).clamp(1, 4);
@@ -110,19 +111,18 @@ pub fn kernels_for(
         // 23.7/24.1 against 26.5/30.2 us, O 19.0/22.4 against 21.1/25.3, gate/up 100.4/113.4 against 111.1/118.7;
         // slower for down (K = 28672: 55.8/70.5 against 52.8/56.9), hence the bound on K. (N is a multiple of 32:
         // `dn` above.)
-        let (dtile, dwaves, staging) = if nvidia && k.is_multiple_of(512) && k <= 8192 {
-            (
-                "m=16 n=32 k=512".to_string(),
-                "m=1 n=2 k=4".to_string(),
-                "  staging async\n",
-            )
+        let schedule = if !nvidia {
+            "  schedule auto\n".to_string()
+        } else if k.is_multiple_of(512) && k <= 8192 {
+            "  tile   m=16 n=32 k=512\n  waves  m=1 n=2 k=4\n  mma    16x16x16\n  stages 2\n  staging async\n"
+                .to_string()
         } else {
-            (format!("m=16 n={dn} k={tile_k}"), format!("m=1 n={dw}"), "")
+            format!("  tile   m=16 n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n")
         };
         out.push(GeneratedKernel {
             name: decode.clone(),
             source: format!(
-                "{header}kernel {decode} {{\n  target {targets}\n{tensors}  tile   {dtile}\n  waves  {dwaves}\n  mma    16x16x16\n  stages 2\n{staging}}}\n"
+                "{header}kernel {decode} {{\n  target {targets}\n{tensors}{schedule}}}\n"
             ),
             m_range: (1, DECODE_MAX_M),
         });
