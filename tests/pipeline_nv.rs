@@ -319,6 +319,61 @@ fn sm_90a_plans_take_wgmma_where_warpgroups_fit_and_dynamic_shared_memory_above_
     assert!(seen.iter().all(|&o| o < 64 * 128));
 }
 
+/// `Plan::slice_sync`: `staging async` on mma.sync with waves along K stages each K slice within its own warps,
+/// which meet at a named barrier of the slice's size (barrier 1 + slice) at every K step; the block barrier stays
+/// only outside the loop (the K-wave reduction). Without waves along K or with register staging the whole block
+/// meets at barrier 0. (Its correctness is the GPU matrix's `mx_kwaves_async` and
+/// `nv_slices_async`: docs/PERFORMANCE.md.)
+#[test]
+fn waves_along_k_with_async_staging_sync_per_slice() {
+    let compile = |tiling: &str, staging: &str, arch: Arch| {
+        let src = format!(
+            "kernel k {{ target {}; x bf16[M, 2048]; w mxfp4[512, 2048]; y bf16[M, 512]; {tiling}; \
+             mma 16x16x16; {staging} }}",
+            arch.name()
+        );
+        let kernels = check_file("k.nib", &src);
+        let p = nibble_compiler::plan::plan(&kernels[0], arch).expect("plans");
+        let out = compile_kernel(&kernels[0], arch, &BTreeSet::new()).expect("compiles");
+        (p, String::from_utf8(out.hsaco).expect("PTX is text"))
+    };
+    // 2 x 4 warps: slices of 2 warps (64 threads); 2 x 2 x 2: slices of 4 warps (128 threads).
+    for (tiling, slice_threads) in [
+        ("tile m=16 n=32 k=512; waves m=1 n=2 k=4; stages 2", 64),
+        ("tile m=32 n=64 k=256; waves m=2 n=2 k=2; stages 3", 128),
+    ] {
+        let (p, ptx) = compile(tiling, "staging async", Arch::Sm90);
+        assert!(p.async_x && p.slice_sync, "{tiling}");
+        // One named barrier whose id is computed (1 + the slice) and whose count is the slice's threads.
+        let bars: Vec<&str> = ptx.lines().filter(|l| l.contains("bar.sync")).collect();
+        let named: Vec<&&str> = bars.iter().filter(|l| l.contains("bar.sync %r")).collect();
+        assert_eq!(named.len(), 1, "{tiling}: {bars:?}");
+        assert!(
+            named[0]
+                .trim_end()
+                .ends_with(&format!(", {slice_threads};")),
+            "{tiling}: {bars:?}"
+        );
+        let (p, ptx) = compile(tiling, "staging registers", Arch::Sm90);
+        assert!(!p.async_x && !p.slice_sync, "{tiling}");
+        assert!(!ptx.contains("bar.sync %r"), "{tiling}");
+    }
+    let (p, _) = compile(
+        "tile m=16 n=64 k=256; waves m=1 n=4; stages 2",
+        "staging async",
+        Arch::Sm90,
+    );
+    assert!(p.async_x && !p.slice_sync);
+    // sm_90a: waves along K keep a tile off the wgmma route (its warpgroups read the whole tile), so it syncs per
+    // slice like sm_90.
+    let (p, _) = compile(
+        "tile m=64 n=128 k=256; waves m=1 n=8 k=2; stages 2",
+        "staging async",
+        Arch::Sm90a,
+    );
+    assert!(!p.wgmma && p.async_x && p.slice_sync);
+}
+
 #[test]
 fn nvidia_plans_reject_what_they_cannot_apply_exactly() {
     let src = "format f32s { element e2m1; scale f32 per 32 }\n\

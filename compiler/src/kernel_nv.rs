@@ -100,8 +100,22 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         valid: Option<Value<'c, 'b>>,
     }
     let mut slots = vec![];
+    // `Plan::slice_sync`: the warps of K slice `kw` copy that slice's columns of the tile among themselves
+    // (thread `gt` of the slice's `slice_threads`), so only they need to meet at each K step.
+    let slice_threads = p.threads / t.waves_k;
+    let slice_vecs_per_row = vecs_per_row / t.waves_k;
+    let (gt, slice_col0) = match (p.slice_sync, kw) {
+        (true, Some(kw)) => (
+            e.subi(tid, e.muli(kw, c(slice_threads)?)?)?,
+            Some(e.muli(kw, c(slice_vecs_per_row)?)?),
+        ),
+        _ => (tid, None),
+    };
     for v in 0..p.x_vecs_per_thread {
-        let vid = e.addi(tid, c(v * p.threads)?)?;
+        let vid = match slice_col0 {
+            Some(_) => e.addi(gt, c(v * slice_threads)?)?,
+            None => e.addi(tid, c(v * p.threads)?)?,
+        };
         // wgmma: vector v is row 8 * (v / (8 * vecs_per_row)) + v % 8, K vector (v / 8) % vecs_per_row, so that its
         // place in the core-matrix layout (`Plan::wgmma_x_offset`) is 8 * v: a warp stores 512 contiguous bytes.
         let (row, col) = if p.wgmma {
@@ -110,6 +124,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             let row = e.addi(e.muli(grp, c(8)?)?, r8)?;
             let col = e.remui(e.divui(vid, c(8)?)?, c(vecs_per_row)?)?;
             (row, col)
+        } else if let Some(col0) = slice_col0 {
+            (
+                e.divui(vid, c(slice_vecs_per_row)?)?,
+                e.addi(col0, e.remui(vid, c(slice_vecs_per_row)?)?)?,
+            )
         } else {
             (
                 e.divui(vid, c(vecs_per_row)?)?,
@@ -133,7 +152,13 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             in_m,
             local,
             valid: if ragged {
-                Some(e.cmpi(Cmp::Ult, vid, c(total_vecs)?)?)
+                // (A slice's vectors are `total_vecs / waves_k`, spread over `slice_threads`.)
+                let vecs = if slice_col0.is_some() {
+                    total_vecs / t.waves_k
+                } else {
+                    total_vecs
+                };
+                Some(e.cmpi(Cmp::Ult, vid, c(vecs)?)?)
             } else {
                 None
             },
@@ -424,7 +449,20 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             if p.wgmma {
                 l.inline_asm("fence.proxy.async.shared::cta;", "~{memory}", &[], None)?;
             }
-            l.barrier()?;
+            match (p.slice_sync, kw) {
+                // Only the slice's warps copy and read its columns: they meet at barrier 1 + kw (0 is the
+                // block's).
+                (true, Some(kw)) => {
+                    let id = l.index_cast(l.addi(kw, l.idx(1)?)?, i32t)?;
+                    l.inline_asm(
+                        &format!("bar.sync $0, {slice_threads};"),
+                        "r,~{memory}",
+                        &[id],
+                        None,
+                    )?;
+                }
+                _ => l.barrier()?,
+            }
             let stage = l.remui(rel, l.idx(i64::from(ring))?)?;
             let ahead = l.addi(kt, l.idx(i64::from(ring - 1))?)?;
             let ahead = l.op1("arith.minui", &[ahead, last_kt], l.index(), &[])?;

@@ -163,6 +163,11 @@ pub struct Plan {
     /// step; measured on the H100 (docs/PERFORMANCE.md) it is 4-13% slower on the wgmma route at M = 4096, while
     /// on mma.sync it is faster for some tilings and slower for others, hence the per-route default.
     pub async_x: bool,
+    /// `async_x` on `mma.sync` with waves along K: each K slice's warps stage that slice's columns of the
+    /// activation tile themselves (no other warp reads them) and meet at a named barrier of their own at every K
+    /// step, instead of the whole block meeting at one. Measured on the H100: 2-5% faster for o_ka and qkv_ka,
+    /// where `ncu` had counted a fifth of the stall cycles at the block barrier (docs/PERFORMANCE.md).
+    pub slice_sync: bool,
     /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
     /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
     pub dynamic_lds: bool,
@@ -472,6 +477,11 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         fragment,
         wgmma,
         async_x: nvidia && t.stages >= 2 && spec.staging.map_or(wgmma, |s| s == Staging::Async),
+        slice_sync: nvidia
+            && !wgmma
+            && t.stages >= 2
+            && spec.staging == Some(Staging::Async)
+            && t.waves_k > 1,
         dynamic_lds,
         grid: [
             GridDim::Const {
