@@ -71,6 +71,27 @@ fn format(f: Fmt) -> FormatSpec {
     }
 }
 
+/// A manual tiling: tile `[m, n, k]` over waves `[m, n, k]`.
+fn tiling(
+    tile: [u32; 3],
+    waves: [u32; 3],
+    mma: MmaAtom,
+    stages: u32,
+    split_k: Option<u32>,
+) -> Tiling {
+    Tiling {
+        tile_m: tile[0],
+        tile_n: tile[1],
+        tile_k: tile[2],
+        waves_m: waves[0],
+        waves_n: waves[1],
+        waves_k: waves[2],
+        mma,
+        stages,
+        split_k,
+    }
+}
+
 fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> KernelSpec {
     let tile_m = atom.m();
     KernelSpec {
@@ -82,17 +103,7 @@ fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> Kernel
         k,
         format: format(f),
         bias: bias.then_some(x),
-        schedule: Schedule::Manual(Tiling {
-            tile_m,
-            tile_n: 64,
-            tile_k: 128,
-            waves_m: 1,
-            waves_n: 2,
-            waves_k: 1,
-            mma: atom,
-            stages: 2,
-            split_k: None,
-        }),
+        schedule: Schedule::Manual(tiling([tile_m, 64, 128], [1, 2, 1], atom, 2, None)),
         staging: None,
         source_hash: "test".into(),
     }
@@ -565,17 +576,13 @@ fn explicit_splits_pass_and_a_missing_split_is_detected() {
     ];
     for (tile_m, tile_n, tile_k, waves_m, waves_n, mma, split, k) in cases {
         let mut spec = kernel(Fmt::Mxfp4, mma, 256, k, DType::Bf16, true);
-        spec.schedule = Schedule::Manual(Tiling {
-            tile_m,
-            tile_n,
-            tile_k,
-            waves_m,
-            waves_n,
-            waves_k: 1,
+        spec.schedule = Schedule::Manual(tiling(
+            [tile_m, tile_n, tile_k],
+            [waves_m, waves_n, 1],
             mma,
-            stages: 2,
-            split_k: Some(split),
-        });
+            2,
+            Some(split),
+        ));
         for arch in [Arch::Gfx942, Arch::Gfx90a] {
             let what = format!(
                 "{tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n} split {split} K={k} on {}",
@@ -625,17 +632,13 @@ fn xf32_route_variants_pass() {
     ];
     for (tile_m, tile_n, tile_k, waves_m, waves_n, stages) in tilings {
         let mut spec = kernel(Fmt::Mxfp4, MmaAtom::M16N16K16, 256, 1024, DType::Bf16, true);
-        spec.schedule = Schedule::Manual(Tiling {
-            tile_m,
-            tile_n,
-            tile_k,
-            waves_m,
-            waves_n,
-            waves_k: 1,
-            mma: MmaAtom::M16N16K16,
+        spec.schedule = Schedule::Manual(tiling(
+            [tile_m, tile_n, tile_k],
+            [waves_m, waves_n, 1],
+            MmaAtom::M16N16K16,
             stages,
-            split_k: None,
-        });
+            None,
+        ));
         let what = format!("{tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n} stages {stages}");
         let p = nibble_compiler::plan::plan(&spec, Arch::Gfx942).expect("plans");
         assert!(p.dequant.xf32, "{what}: takes the xf32 route");
@@ -664,17 +667,13 @@ fn k_wave_variants_pass_and_a_missing_slice_is_detected() {
     ];
     for (fmt, tile_m, tile_n, tile_k, waves_m, waves_n, waves_k, mma, stages) in tilings {
         let mut spec = kernel(fmt, mma, 256, 1024, DType::Bf16, true);
-        spec.schedule = Schedule::Manual(Tiling {
-            tile_m,
-            tile_n,
-            tile_k,
-            waves_m,
-            waves_n,
-            waves_k,
+        spec.schedule = Schedule::Manual(tiling(
+            [tile_m, tile_n, tile_k],
+            [waves_m, waves_n, waves_k],
             mma,
             stages,
-            split_k: None,
-        });
+            None,
+        ));
         for arch in [Arch::Gfx942, Arch::Gfx90a] {
             let what = format!(
                 "{fmt:?} {tile_m}x{tile_n}x{tile_k} w{waves_m}x{waves_n}x{waves_k} {} stages {stages} on {}",

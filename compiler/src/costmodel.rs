@@ -13,7 +13,7 @@
 //!   the weights fit the last-level cache (gfx942's 256 MB Infinity Cache) HBM sees every byte once and the
 //!   re-reads across tiles (weights per M tile, activations per N tile) come from that cache, and otherwise weights
 //!   are read from HBM once per M tile and activations hit in L2; split-K partials cost one f32 write and one read
-//!   per split (from the cache when they fit it too).
+//!   per split (from the last-level cache whenever they fit it, even beside weights too large for it).
 
 use serde::Serialize;
 
