@@ -122,7 +122,7 @@ fn prelude_checks_and_defines_the_builtins() {
     let values: Vec<f64> = (0..8).map(|c| e.value(c)).collect();
     assert_eq!(values, [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]);
     assert_eq!(k.bias, Some(DType::F16));
-    assert_eq!(k.schedule, Schedule::Auto);
+    assert_eq!(k.schedule, Schedule::Auto { m: 16 });
 }
 
 #[test]
@@ -707,6 +707,50 @@ fn huge_numbers_give_diagnostics_not_overflows() {
         let d = dsl::check_source("huge.nib", &src).expect_err("invalid");
         assert!(!d.is_empty());
     }
+}
+
+/// `schedule auto m=N` ranks the tilings at M = N: for a Llama-3-70B layer at M = 4096 the plan is a prefill tile
+/// (more than 16 rows), where plain `schedule auto` (M = 16) takes a 16-row decode tile; `nibble plan` without
+/// `--m` predicts at each kernel's own M, and `--m` still overrides it.
+#[test]
+fn schedule_auto_m_sets_the_m_the_tiling_is_chosen_for() {
+    let src = |sched: &str| {
+        format!(
+            "kernel o {{ target gfx942; x bf16[M, 8192]; w mxfp4[8192, 8192]; y bf16[M, 8192]; {sched} }}"
+        )
+    };
+    let tiling = |sched: &str| {
+        let spec = check_source("t.nib", &src(sched))
+            .unwrap_or_else(|d| panic!("{}", d.render()))
+            .kernels
+            .remove(0);
+        let t = nibble_compiler::plan::plan(&spec, nibble_compiler::arch::Arch::Gfx942)
+            .expect("plans")
+            .tiling;
+        (spec.schedule, t)
+    };
+    let (sched, decode) = tiling("schedule auto");
+    assert_eq!(sched, Schedule::Auto { m: 16 });
+    assert_eq!(decode.tile_m, 16);
+    let (sched, prefill) = tiling("schedule auto m=4096");
+    assert_eq!(sched, Schedule::Auto { m: 4096 });
+    assert!(prefill.tile_m > 16, "{prefill:?}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("p.nib");
+    std::fs::write(&file, src("schedule auto m=4096")).expect("write");
+    let path = file.display().to_string();
+    let (code, out, err) = run_cli(&["plan", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kernel o on gfx942 at M=4096:"), "{out}");
+    let (code, out, err) = run_cli(&["plan", &path, "--m", "16"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kernel o on gfx942 at M=16:"), "{out}");
+    let (code, out, _) = run_cli(&["check", &path]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("schedule  auto (tiling for M = 4096)"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -117,7 +117,10 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
             assert_eq!(got, (32, 512, 2, 4, true));
         } else {
             // AMD decode: the cost model's tiling and split for the arch.
-            assert_eq!(spec.schedule, nibble_compiler::spec::Schedule::Auto);
+            assert_eq!(
+                spec.schedule,
+                nibble_compiler::spec::Schedule::Auto { m: 16 }
+            );
             assert_eq!(
                 p.tiling,
                 nibble_compiler::plan::auto_tiling(spec, spec.targets[0])

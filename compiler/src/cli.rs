@@ -94,9 +94,9 @@ pub enum Command {
         /// Target arch (must be the device's).
         #[arg(long, value_parser = parse_arch, value_name = "ARCH")]
         target: Arch,
-        /// The M (tokens) to tune for.
-        #[arg(long, default_value_t = crate::costmodel::AUTO_M)]
-        m: u32,
+        /// The M (tokens) to tune for (default: each kernel's `schedule auto m=`, or 16).
+        #[arg(long)]
+        m: Option<u32>,
         /// How many of the cost model's best candidates to measure.
         #[arg(long, default_value_t = 6)]
         top: usize,
@@ -111,9 +111,9 @@ pub enum Command {
         /// Target archs (default: each kernel's own).
         #[arg(long, value_delimiter = ',', value_parser = parse_arch, value_name = "ARCH[,ARCH]")]
         target: Vec<Arch>,
-        /// The M (tokens) to predict for.
-        #[arg(long, default_value_t = crate::costmodel::AUTO_M)]
-        m: u32,
+        /// The M (tokens) to predict for (default: each kernel's `schedule auto m=`, or 16).
+        #[arg(long)]
+        m: Option<u32>,
         /// List the candidates with their predicted times and why the winner won.
         #[arg(long)]
         explain: bool,
@@ -285,15 +285,7 @@ pub fn run(
             let Some(checked) = front_end(&file, stderr) else {
                 return 1;
             };
-            match tune_cmd(
-                &checked,
-                &device,
-                target,
-                m.max(1),
-                top.max(1),
-                &out_dir,
-                stdout,
-            ) {
+            match tune_cmd(&checked, &device, target, m, top.max(1), &out_dir, stdout) {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = writeln!(stderr, "error: {e}");
@@ -326,7 +318,7 @@ pub fn run(
             let Some(checked) = front_end(&file, stderr) else {
                 return 1;
             };
-            plan_cmd(&checked, &target, m.max(1), explain, measure, stdout)
+            plan_cmd(&checked, &target, m, explain, measure, stdout)
         }
         Command::Quantize {
             format,
@@ -427,7 +419,7 @@ fn tune_cmd(
     checked: &CheckedFile,
     device: &str,
     arch: Arch,
-    m: u32,
+    m_arg: Option<u32>,
     top: usize,
     out_dir: &Path,
     stdout: &mut dyn Write,
@@ -467,7 +459,8 @@ fn tune_cmd(
     }
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for k in &checked.kernels {
-        if !matches!(k.schedule, Schedule::Auto) {
+        let m = m_arg.unwrap_or_else(|| k.auto_m()).max(1);
+        if !matches!(k.schedule, Schedule::Auto { .. }) {
             let _ = writeln!(stdout, "{}: has an explicit tiling, not tuned", k.name);
             continue;
         }
@@ -632,7 +625,7 @@ fn compile_model_cmd(
 fn plan_cmd(
     checked: &CheckedFile,
     targets: &[Arch],
-    m: u32,
+    m_arg: Option<u32>,
     explain: bool,
     measure: bool,
     out: &mut dyn Write,
@@ -665,6 +658,7 @@ fn plan_cmd(
     };
     let header = "tile         waves mma     split    wgs  occ rounds    mem us   valu us   mfma us  predict us   valu/e  route";
     for k in &checked.kernels {
+        let m = m_arg.unwrap_or_else(|| k.auto_m()).max(1);
         let archs = if targets.is_empty() {
             k.targets.clone()
         } else {
@@ -679,7 +673,7 @@ fn plan_cmd(
                 arch.name()
             );
             let ranked = match &k.schedule {
-                Schedule::Auto => costmodel::rank(k, arch, m, measure),
+                Schedule::Auto { .. } => costmodel::rank(k, arch, m, measure),
                 Schedule::Manual(t) => {
                     let measured = if measure {
                         costmodel::measure_tiling(k, arch, *t)

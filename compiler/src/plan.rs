@@ -181,11 +181,11 @@ pub struct Plan {
     pub source_hash: String,
 }
 
-/// The tiling `schedule auto` picks: the cost model's best candidate for a decode-sized M
-/// (`costmodel::AUTO_M`), from estimates only (compiling every candidate is `nibble plan --explain --measure`).
-/// Falls back to a fixed decode tiling when no candidate fits (the plan then explains what does not).
+/// The tiling `schedule auto` picks: the cost model's best candidate at the schedule's M (`schedule auto m=N`,
+/// `costmodel::AUTO_M` otherwise), from estimates only (compiling every candidate is `nibble plan --explain
+/// --measure`). Falls back to a fixed decode tiling when no candidate fits (the plan then explains what does not).
 pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
-    crate::costmodel::rank(spec, arch, crate::costmodel::AUTO_M, false)
+    crate::costmodel::rank(spec, arch, spec.auto_m(), false)
         .first()
         .map(|p| p.tiling)
         .unwrap_or(Tiling {
@@ -214,7 +214,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     let t = match &spec.schedule {
         Schedule::Manual(t) => *t,
-        Schedule::Auto => auto_tiling(spec, arch),
+        Schedule::Auto { .. } => auto_tiling(spec, arch),
     };
     let atom = t.mma;
     let fmt = &spec.format;

@@ -126,8 +126,11 @@ impl Tiling {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Schedule {
-    /// The compiler picks the tiling for the shape and arch.
-    Auto,
+    /// The compiler picks the tiling for the shape and arch: the cost model's best candidate at M = `m`
+    /// (`schedule auto m=N`; `costmodel::AUTO_M`, one 16-token decode step, when not given).
+    Auto {
+        m: u32,
+    },
     Manual(Tiling),
 }
 
@@ -160,6 +163,16 @@ pub struct KernelSpec {
     pub staging: Option<Staging>,
     /// Hex SHA-256 (or other stable hash) of the kernel's source text including the formats it uses.
     pub source_hash: String,
+}
+
+impl KernelSpec {
+    /// The M the cost model ranks tilings for by default: `schedule auto`'s, or one 16-token decode step.
+    pub fn auto_m(&self) -> u32 {
+        match self.schedule {
+            Schedule::Auto { m } => m,
+            Schedule::Manual(_) => crate::costmodel::AUTO_M,
+        }
+    }
 }
 
 /// A checked `.nib` file: its kernels in source order, and the formats it declared (prelude excluded).

@@ -199,7 +199,8 @@ pub enum KernelStmtKind {
     Split(Num),
     /// `staging async|registers` (NVIDIA targets)
     Staging(Ident),
-    Schedule(Ident),
+    /// `schedule auto [m=N]`
+    Schedule(Ident, Vec<KeyValue>),
 }
 
 impl KernelStmtKind {
@@ -214,7 +215,7 @@ impl KernelStmtKind {
             KernelStmtKind::Stages(_) => "stages",
             KernelStmtKind::Split(_) => "split",
             KernelStmtKind::Staging(_) => "staging",
-            KernelStmtKind::Schedule(_) => "schedule",
+            KernelStmtKind::Schedule(..) => "schedule",
         }
     }
 }

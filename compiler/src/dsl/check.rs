@@ -158,6 +158,9 @@ fn loc(unit: &Unit, span: Span) -> Loc {
     }
 }
 
+/// Largest M `schedule auto m=` accepts (a bound on the tokens one launch serves, far above any batch).
+const MAX_AUTO_M: u32 = 1 << 20;
+
 /// "`a`", "`a` or `b`", "`a`, `b` or `c`" (with `conj` for "or").
 fn list(items: &[&str], conj: &str) -> String {
     let quoted: Vec<String> = items.iter().map(|i| format!("`{i}`")).collect();
@@ -994,7 +997,7 @@ impl Checker<'_> {
             .filter_map(|kw| seen.get(kw).copied())
             .collect();
         if let Some(s) = seen.get("schedule") {
-            let KernelStmtKind::Schedule(id) = &s.kind else {
+            let KernelStmtKind::Schedule(id, kv) = &s.kind else {
                 return None;
             };
             if id.name != "auto" {
@@ -1018,10 +1021,29 @@ impl Checker<'_> {
                 );
                 return None;
             }
-            return Some(Schedule::Auto);
+            let m = if kv.is_empty() {
+                crate::costmodel::AUTO_M
+            } else {
+                let (m, span) = self.keys(unit, "schedule auto", kv, &["m"], 1, s)?[0];
+                if m > MAX_AUTO_M {
+                    self.err(
+                        Error::new(
+                            loc(unit, span),
+                            format!("schedule auto m={m} is larger than {MAX_AUTO_M}"),
+                            "too large",
+                        )
+                        .help("m is the number of tokens (rows of x) the cost model optimizes the tiling for"),
+                    );
+                    return None;
+                }
+                m
+            };
+            return Some(Schedule::Auto { m });
         }
         if present.is_empty() {
-            return Some(Schedule::Auto);
+            return Some(Schedule::Auto {
+                m: crate::costmodel::AUTO_M,
+            });
         }
         if present.len() < TILING_KEYWORDS.len() {
             if d.recovered {

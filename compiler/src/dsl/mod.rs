@@ -156,8 +156,8 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
         );
     }
     match &k.schedule {
-        Schedule::Auto => {
-            let _ = writeln!(s, "  schedule  auto");
+        Schedule::Auto { m } => {
+            let _ = writeln!(s, "  schedule  auto (tiling for M = {m})");
         }
         Schedule::Manual(t) => {
             let _ = writeln!(

@@ -455,7 +455,18 @@ impl Parser<'_> {
             "stages" => KernelStmtKind::Stages(self.num("the number of pipeline stages")?),
             "split" => KernelStmtKind::Split(self.num("the number of workgroups splitting K")?),
             "staging" => KernelStmtKind::Staging(self.ident("`async` or `registers`")?),
-            "schedule" => KernelStmtKind::Schedule(self.ident("`auto`")?),
+            "schedule" => {
+                let name = self.ident("`auto`")?;
+                // `schedule auto m=4096`: the M the cost model optimizes for.
+                let kv = if matches!(self.peek(), TokenKind::Ident(_))
+                    && self.nth(1).kind == TokenKind::Eq
+                {
+                    self.key_values("schedule auto", "m=4096")?
+                } else {
+                    vec![]
+                };
+                KernelStmtKind::Schedule(name, kv)
+            }
             other => {
                 return Err(Error::new(
                     self.loc(key.span),
