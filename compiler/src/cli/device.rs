@@ -1,0 +1,179 @@
+//! `nibble bench` and `nibble tune`: commands that time kernels on a GPU.
+
+use std::io::Write;
+use std::path::Path;
+
+use crate::arch::Arch;
+use crate::driver::{self};
+use crate::spec::CheckedFile;
+
+pub(super) fn bench_cmd(
+    manifest: &Path,
+    device: &str,
+    m: u32,
+    warmup: usize,
+    iters: usize,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    if device != "hip" && device != "cuda" {
+        return Err(format!(
+            "nibble bench times kernels on a GPU: --device hip or --device cuda (got `{device}`)"
+        ));
+    }
+    let bundle = crate::run::Bundle::load(manifest).map_err(|e| e.to_string())?;
+    let man = &bundle.manifest;
+    let dir = manifest.parent().unwrap_or(Path::new("."));
+    let code = std::fs::read(dir.join(&man.code_object))
+        .map_err(|e| format!("{}: {e}", dir.join(&man.code_object).display()))?;
+    let inputs = crate::run::random_inputs(man, m, 1).map_err(|e| e.to_string())?;
+    let (mut t, device_name) = if device == "cuda" {
+        let out = crate::run::run_cuda(&bundle, &code, &inputs, cuda_device()?, warmup, iters)
+            .map_err(|e| e.to_string())?;
+        (out.times_ms, out.device)
+    } else {
+        let out = crate::run::run_hip(&bundle, &code, &inputs, 0, warmup, iters)
+            .map_err(|e| e.to_string())?;
+        (out.times_ms, out.device_arch)
+    };
+    t.sort_by(f32::total_cmp);
+    let median_us = t
+        .get(t.len() / 2)
+        .map(|&v| f64::from(v) * 1e3)
+        .ok_or("no timed runs")?;
+    let (n, k) = (f64::from(man.shapes.n), f64::from(man.shapes.k));
+    let weight_bytes = n * k / 2.0 + n * k / f64::from(man.format.group) * 4.0;
+    let flops = 2.0 * f64::from(m) * n * k;
+    let arch = Arch::from_name(&man.arch).map(|a| a.info());
+    let _ = writeln!(
+        stdout,
+        "{} on {} (M={m} N={n} K={k}): median {median_us:.1} us of {} runs, weights {:.2} TB/s, {:.1} TFLOP/s{}",
+        man.kernel,
+        device_name,
+        t.len(),
+        weight_bytes / (median_us * 1e-6) / 1e12,
+        flops / (median_us * 1e-6) / 1e12,
+        arch.map_or(String::new(), |a| format!(
+            "; HBM roofline {:.1} us at {} TB/s",
+            weight_bytes / (a.hbm_tb_s * 1e12) * 1e6,
+            a.hbm_tb_s
+        ))
+    );
+    Ok(())
+}
+
+/// The CUDA device index: `$NIBBLE_CUDA_DEVICE`, default 0.
+pub(super) fn cuda_device() -> Result<usize, String> {
+    nibble_runtime::cuda::default_index().map_err(|e| e.to_string())
+}
+
+/// `nibble tune`: the device is opened first, so a machine without a GPU fails before any compilation.
+pub(super) fn tune_cmd(
+    checked: &CheckedFile,
+    device: &str,
+    arch: Arch,
+    m_arg: Option<u32>,
+    top: usize,
+    out_dir: &Path,
+    stdout: &mut dyn Write,
+) -> Result<(), String> {
+    use crate::spec::Schedule;
+    let cuda = match device {
+        "hip" => false,
+        "cuda" => true,
+        _ => {
+            return Err(format!(
+                "nibble tune measures on a GPU: --device hip or --device cuda (got `{device}`)"
+            ))
+        }
+    };
+    if cuda {
+        let index = cuda_device()?;
+        let dev = nibble_runtime::cuda::Device::open(index).map_err(|e| e.to_string())?;
+        let i = dev.info();
+        let device_arch = format!("sm_{}{}", i.major, i.minor);
+        if device_arch != arch.name() {
+            return Err(format!(
+                "the CUDA device {index} ({}) is {device_arch} but --target is {}: tune on a device of the target arch",
+                i.name,
+                arch.name()
+            ));
+        }
+    } else {
+        let dev = nibble_runtime::hip::Device::open(0).map_err(|e| e.to_string())?;
+        let device_arch = nibble_runtime::hip::arch_base(dev.arch());
+        if device_arch != arch.name() {
+            return Err(format!(
+                "the HIP device is {} but --target is {}: tune on a device of the target arch",
+                dev.arch(),
+                arch.name()
+            ));
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
+    for k in &checked.kernels {
+        let m = m_arg.unwrap_or_else(|| k.auto_m()).max(1);
+        if !matches!(k.schedule, Schedule::Auto { .. }) {
+            let _ = writeln!(stdout, "{}: has an explicit tiling, not tuned", k.name);
+            continue;
+        }
+        let mut best: Option<(f64, crate::spec::Tiling)> = None;
+        for p in crate::costmodel::rank(k, arch, m, false)
+            .into_iter()
+            .take(top)
+        {
+            let mut spec = k.clone();
+            spec.schedule = Schedule::Manual(p.tiling);
+            let out = driver::compile_kernel(&spec, arch, &Default::default())
+                .map_err(|e| e.to_string())?;
+            let bundle = crate::run::Bundle {
+                manifest_path: "tune".into(),
+                manifest: out.manifest,
+                kernel_ir: out.kernel_ir,
+            };
+            let inputs =
+                crate::run::random_inputs(&bundle.manifest, m, 1).map_err(|e| e.to_string())?;
+            let mut t = if cuda {
+                crate::run::run_cuda(&bundle, &out.hsaco, &inputs, cuda_device()?, 3, 10)
+                    .map_err(|e| e.to_string())?
+                    .times_ms
+            } else {
+                crate::run::run_hip(&bundle, &out.hsaco, &inputs, 0, 3, 10)
+                    .map_err(|e| e.to_string())?
+                    .times_ms
+            };
+            t.sort_by(f32::total_cmp);
+            let us = t
+                .get(t.len() / 2)
+                .map(|&v| f64::from(v) * 1e3)
+                .ok_or("no timed runs")?;
+            let _ = writeln!(
+                stdout,
+                "{}: {}x{}x{} waves {} {}: predicted {:.1} us, measured {us:.1} us",
+                k.name,
+                p.tiling.tile_m,
+                p.tiling.tile_n,
+                p.tiling.tile_k,
+                p.tiling.waves_name(),
+                p.tiling.mma.name(),
+                p.predicted_us
+            );
+            if best.is_none_or(|(b, _)| us < b) {
+                best = Some((us, p.tiling));
+            }
+        }
+        let Some((us, tiling)) = best else {
+            continue;
+        };
+        let mut spec = k.clone();
+        spec.schedule = Schedule::Manual(tiling);
+        let w = driver::compile_one_to_dir(&spec, arch, out_dir, &Default::default(), None)
+            .map_err(|e| e.to_string())?;
+        let _ = writeln!(
+            stdout,
+            "{}: fastest {us:.1} us, written to {}",
+            k.name,
+            w.hsaco.display()
+        );
+    }
+    Ok(())
+}
