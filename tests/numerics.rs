@@ -493,8 +493,8 @@ fn gfx90a_flushes_denormal_weights_and_gfx942_keeps_them() {
 
 /// Issue 6's static criteria for the plans `schedule auto` picks for the Llama-3-70B layers (docs/llama70b_auto.nib)
 /// at M = 1, 16, 256 and 4096 on both AMD targets: at full size no scratch and no spills; at reduced size (same
-/// tiling, one workgroup column, few K iterations: `reduce`) no LDS bank conflicts under the interpreter's model and results
-/// within the error bound of the reference.
+/// tiling, one workgroup column, few K iterations: `reduce`) no LDS bank conflicts under the interpreter's model and
+/// results within the error bound of the reference.
 #[test]
 fn llama_plan_choices_have_no_spills_no_lds_bank_conflicts_and_pass() {
     let mut rng = Rng(0x11A3A);

@@ -335,6 +335,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     // CUDA gives a block 48 KiB of static shared memory; more is dynamic, opted into at load time.
     let dynamic_lds = nvidia && lds_bytes > NV_STATIC_SMEM_BYTES;
 
+    let async_x = nvidia && t.stages >= 2 && spec.staging.map_or(wgmma, |s| s == Staging::Async);
+
     let k_iters = spec.k / t.tile_k;
     let split_k = match t.split_k {
         Some(s) if s >= 1 && k_iters.is_multiple_of(s) => s,
@@ -476,12 +478,9 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         },
         fragment,
         wgmma,
-        async_x: nvidia && t.stages >= 2 && spec.staging.map_or(wgmma, |s| s == Staging::Async),
-        slice_sync: nvidia
-            && !wgmma
-            && t.stages >= 2
-            && spec.staging == Some(Staging::Async)
-            && t.waves_k > 1,
+        async_x,
+        // (The wgmma route has no waves along K: it reads the whole tile in every warpgroup.)
+        slice_sync: async_x && !wgmma && t.waves_k > 1,
         dynamic_lds,
         grid: [
             GridDim::Const {

@@ -286,20 +286,22 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
         .kernels()
         .filter(|k| k.manifest.arch.starts_with("sm_"))
         .collect();
-    // A kernel fault leaves the context unusable: every later call would fail with the same error and be reported
-    // against cases and kernels that never ran, so the check stops at the first one.
-    let stopped = |at: &str, left: usize| match dev.sticky_fault() {
-        Some(e) => {
-            report(
-                false,
-                format!(
-                    "the CUDA context is unusable after a kernel fault in {at} ({e}): the check stops; {left} \
-                     later kernel(s) not run"
-                ),
-            );
-            true
-        }
-        None => false,
+    // Reports a failed call; true when it was a kernel fault. A fault leaves the context unusable: every later call
+    // would fail with the same error and be reported against cases and kernels that never ran, so the check stops
+    // at the first one.
+    let failed_stops = |line: String, at: &str, left: usize| {
+        report(false, line);
+        let Some(e) = dev.sticky_fault() else {
+            return false;
+        };
+        report(
+            false,
+            format!(
+                "the CUDA context is unusable after a kernel fault in {at} ({e}): the check stops; {left} later \
+                 kernel(s) not run"
+            ),
+        );
+        true
     };
     'kernels: for (i, bk) in kernels.iter().enumerate() {
         let left = kernels.len() - i - 1;
@@ -312,8 +314,7 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
         {
             Ok(k) => k,
             Err(e) => {
-                report(false, format!("{name}: load: {e}"));
-                if stopped(&m.kernel, left) {
+                if failed_stops(format!("{name}: load: {e}"), &m.kernel, left) {
                     break 'kernels;
                 }
                 continue;
@@ -331,8 +332,8 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
                 match res {
                     Ok(c) => report(c.passes(), format!("{} M={r} {what}: {c}", m.kernel)),
                     Err(e) => {
-                        report(false, format!("{} M={r} {what}: {e}", m.kernel));
-                        if stopped(&m.kernel, left) {
+                        let line = format!("{} M={r} {what}: {e}", m.kernel);
+                        if failed_stops(line, &m.kernel, left) {
                             break 'kernels;
                         }
                     }
@@ -365,11 +366,8 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
                     ),
                 ),
                 Err(e) => {
-                    report(
-                        false,
-                        format!("{} M={r} negative control {fault:?}: {e}", m.kernel),
-                    );
-                    if stopped(&m.kernel, left) {
+                    let line = format!("{} M={r} negative control {fault:?}: {e}", m.kernel);
+                    if failed_stops(line, &m.kernel, left) {
                         break 'kernels;
                     }
                 }
