@@ -375,6 +375,45 @@ fn waves_along_k_with_async_staging_sync_per_slice() {
 }
 
 #[test]
+fn token_tiles_of_eight_on_nvidia_targets_only() {
+    let src = |target: &str, tiling: &str| {
+        format!(
+            "kernel k {{ target {target}; x bf16[M, 2048]; w mxfp4[512, 2048]; y bf16[M, 512]; {tiling}; \
+             mma 16x16x16; stages 2; staging async }}"
+        )
+    };
+    // (tiling, token atoms per warp, ldmatrix.x4 and .x2 loads per 16-K step)
+    for (tiling, m_tiles, x4, x2) in [
+        ("tile m=8 n=32 k=512; waves m=1 n=2 k=4", 1, 0, 1),
+        ("tile m=16 n=64 k=256; waves m=2 n=2", 1, 0, 1),
+        ("tile m=24 n=64 k=256; waves m=1 n=2", 3, 1, 1),
+        ("tile m=16 n=64 k=256; waves m=1 n=2", 2, 1, 0),
+    ] {
+        let kernels = check_file("k.nib", &src("sm_90", tiling));
+        let p = nibble_compiler::plan::plan(&kernels[0], Arch::Sm90).expect("plans");
+        assert_eq!(p.m_tiles, m_tiles, "{tiling}");
+        let out = compile_kernel(&kernels[0], Arch::Sm90, &BTreeSet::new()).expect("compiles");
+        let ptx = String::from_utf8(out.hsaco).expect("PTX is text");
+        let count = |what: &str| ptx.matches(what).count() as u32;
+        // Unrolled: one load of each kind per 16-K step of the warp's K slice.
+        let steps = p.pairs_per_iter;
+        assert_eq!(count("ldmatrix.sync.aligned.m8n8.x4"), x4 * steps, "{tiling}");
+        assert_eq!(count("ldmatrix.sync.aligned.m8n8.x2"), x2 * steps, "{tiling}");
+    }
+    // A kernel that also targets AMD keeps the MFMA's 16 tokens.
+    let text = nibble_compiler::dsl::check_source(
+        "k.nib",
+        &src("gfx942, sm_90", "tile m=8 n=32 k=512; waves m=1 n=2 k=4"),
+    )
+    .expect_err("an 8-token tile must not check for gfx942")
+    .render();
+    assert!(
+        text.contains("tile m=8 is not a multiple of waves m (1) x MFMA m (16) = 16"),
+        "{text}"
+    );
+}
+
+#[test]
 fn nvidia_plans_reject_what_they_cannot_apply_exactly() {
     let src = "format f32s { element e2m1; scale f32 per 32 }\n\
                kernel k { target sm_90; x bf16[M, 1024]; w f32s[256, 1024]; y bf16[M, 256]; \

@@ -25,17 +25,22 @@ use crate::spec::DType;
 
 const WARP: u32 = 32;
 
-/// Elements of the repacked scale buffer (`nibble.scales_mma_sync_a.v1`).
+/// Elements of the repacked scale buffer (`nibble.scales_mma_sync_a.v1` or its exponent-byte twin).
 pub fn scale_elements(p: &Plan) -> u64 {
     let slots = u64::from(plan::nv_group_slots(p.format.group));
     u64::from(p.n / NV_ATOM_ROWS) * u64::from(p.k / NV_CHUNK_K) * 8 * slots * 2
 }
 
 pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
+    let scale_elem = if p.scale_exp_bytes() {
+        e.int(8)
+    } else {
+        dtype(e, p.x)
+    };
     build_gpu_func(
         e,
         p,
-        dtype(e, p.x),
+        scale_elem,
         scale_elements(p),
         u64::from(p.lds_elems),
         |e, a| body(e, p, a),
@@ -286,6 +291,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         .ok_or_else(|| ir::emit::build_err("nvvm.ldmatrix", "pointer type"))?;
     let quad = melior::ir::Type::parse(e.ctx, "!llvm.struct<(i32, i32, i32, i32)>")
         .ok_or_else(|| ir::emit::build_err("nvvm.ldmatrix", "result type"))?;
+    let pair_ty = melior::ir::Type::parse(e.ctx, "!llvm.struct<(i32, i32)>")
+        .ok_or_else(|| ir::emit::build_err("nvvm.ldmatrix", "result type"))?;
 
     // Weights: word ((nb * K/64 + chunk) * 32 + lane) * 4 + j; scales: (((nb * K/64 + chunk) * 8 + g) * slots + gl)
     // * 2 + h (see manifest::FragmentBits and the scale layout).
@@ -311,7 +318,9 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         s_base.push(slice_offset(e, kw, sb, p.wchunks_per_iter * 8 * svals)?);
     }
     let wvec = e.vector(u64::from(wpl), i32t);
-    let svec = e.vector(u64::from(svals), xt);
+    let exp_scales = p.scale_exp_bytes();
+    let (selem, sbytes) = if exp_scales { (e.int(8), 1) } else { (xt, 2) };
+    let svec = e.vector(u64::from(svals), selem);
     let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
         let first = e.muli(kt, c(p.wchunks_per_iter * t.waves_k * WARP * wpl)?)?;
@@ -331,7 +340,7 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             for ch in 0..p.wchunks_per_iter {
                 let idx = e.addi(*base, first)?;
                 let idx = e.addi(idx, c(ch * 8 * svals)?)?;
-                out.push(e.vload_aligned(a.s, idx, svec, 2 * svals)?);
+                out.push(e.vload_aligned(a.s, idx, svec, sbytes * svals)?);
             }
         }
         Ok(out)
@@ -388,6 +397,36 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     let dq_ty = e.vector(8, xt);
     let v2 = e.vector(2, xt);
     let v1i = e.vector(1, i32t);
+    // Exponent bytes to the bf16 pair (rows g, g+8) of slot gl: the layout puts a chunk's bytes in the order
+    // (slot 0, g), (slot 1, g), (slot 0, g+8), (slot 1, g+8), so one shift and one mask move both rows' bytes into
+    // the two exponent fields (`nibble.scales_mma_sync_a_exp.v1`).
+    let exp_pair = |l: &Emitter<'c, 'b>,
+                    sv: Value<'c, 'b>,
+                    gl: i64|
+     -> Result<Value<'c, 'b>, IrError> {
+        let word = if svals == 2 {
+            // One slot per chunk: bytes (g, g+8) -> b0 << 7 | b1 << 23.
+            let h = l.vbitcast(sv, l.vector(1, l.int(16)))?;
+            let h = l.extract(h, 0, l.int(16))?;
+            let x = l.extui(h, i32t)?;
+            let up = l.shli(x, l.i32c(8)?)?;
+            let x = l.ori(x, up)?;
+            let x = l.andi(x, l.i32c(0x00FF_00FF)?)?;
+            l.shli(x, l.i32c(7)?)?
+        } else {
+            let words = l.vbitcast(sv, l.vector(u64::from(svals / 4), i32t))?;
+            let w = l.extract(words, gl / 2, i32t)?;
+            let w = if gl % 2 == 0 {
+                l.shli(w, l.i32c(7)?)?
+            } else {
+                l.shrui(w, l.i32c(1)?)?
+            };
+            l.andi(w, l.i32c(0x7F80_7F80)?)?
+        };
+        let v = l.broadcast(word, v1i)?;
+        l.vbitcast(v, v2)
+    };
+    let exp_pair = exp_scales.then_some(&exp_pair);
     // NVVM types bf16 operand registers as i32 and f16 ones as vector<2xf16>.
     let as_i32 = |e: &Emitter<'c, 'b>, v: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
         if p.x == DType::F16 {
@@ -426,7 +465,10 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             let wv = wcur[ns * p.wchunks_per_iter as usize + chunk];
             let word = l.extract(wv, j, i32t)?;
             let sv = scur[ns * p.wchunks_per_iter as usize + chunk];
-            let scale = l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], xt)?;
+            let scale = match exp_pair {
+                Some(f) => f(&l, sv, gl)?,
+                None => l.shuffle(sv, sv, &[2 * gl, 2 * gl + 1], xt)?,
+            };
             let deq = l.call(DEQUANT_FN, &[word, scale], &[dq_ty])?[0];
             let mut regs = vec![];
             for r in 0..4i64 {
@@ -520,26 +562,30 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             for step in 0..p.pairs_per_iter {
                 // B fragments of this 16-K step for every token atom.
                 let mut bfr = vec![];
-                for off in &b_off {
+                for (pair, off) in b_off.iter().enumerate() {
                     let idx = l.addi(sbase, *off)?;
                     let idx = l.addi(idx, l.idx(i64::from(step * NV_ATOM_K))?)?;
                     let bytes = l.muli(idx, l.idx(2)?)?;
                     let addr = l.addi(lds_base, bytes)?;
                     let addr = l.index_cast(addr, i32t)?;
                     let ptr = l.op1("llvm.inttoptr", &[addr], ptr3, &[])?;
+                    // A pair whose second atom is past the warp's tokens (8-token tiles) loads only the first
+                    // atom's two matrices (`.x2`, which reads the addresses of lanes 0-15).
+                    let single = 2 * pair as u32 + 1 == p.m_tiles;
+                    let (num, ty) = if single { ("2 : i32", pair_ty) } else { ("4 : i32", quad) };
                     let m = l.op1(
                         "nvvm.ldmatrix",
                         &[ptr],
-                        quad,
+                        ty,
                         &[
-                            ("num", l.attr("4 : i32")?),
+                            ("num", l.attr(num)?),
                             ("layout", l.attr("#nvvm.mma_layout<row>")?),
                             ("shape", l.attr("#nvvm.ld_st_matrix_shape<m = 8, n = 8>")?),
                             ("eltType", l.attr("#nvvm.ld_st_matrix_elt_type<b16>")?),
                         ],
                     )?;
                     let mut regs = vec![];
-                    for i in 0..4i64 {
+                    for i in 0..if single { 2 } else { 4 } {
                         let r = l.op1(
                             "llvm.extractvalue",
                             &[m],

@@ -6,10 +6,11 @@
 use nibble_runtime::manifest::{
     ArgRole, BitPiece, FragmentBits, GridDim, KernelArg, ScaleLayout, WeightLayout,
 };
+use nibble_runtime::numerics::repack::{MMA_SCALE_EXP_LAYOUT_ID, MMA_SCALE_LAYOUT_ID};
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::arch::Arch;
+use crate::arch::{Arch, Vendor};
 use crate::spec::{DType, FormatSpec, KernelSpec, MmaAtom, ScaleType, Schedule, Staging, Tiling};
 
 /// Each lane loads its weight words 16 bytes at a time: 4 words = 4 MFMA pairs.
@@ -230,7 +231,12 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             t.tile_m, t.tile_n, t.tile_k, spec.n, spec.k
         )));
     }
-    if !t.tile_m.is_multiple_of(t.waves_m * atom.m())
+    // NVIDIA's MMA atom takes 8 tokens (m16n8k16 with the weights as A), so token tiles there are whole 8s.
+    let token_unit = match arch.info().vendor {
+        Vendor::Nvidia => NV_ATOM_TOKENS,
+        Vendor::Amd => atom.m(),
+    };
+    if !t.tile_m.is_multiple_of(t.waves_m * token_unit)
         || !t.tile_n.is_multiple_of(t.waves_n * atom.n())
         || t.waves_k == 0
         || !t.tile_k.is_multiple_of(t.waves_k * 128)
@@ -386,7 +392,14 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     push("x", ArgRole::X, "ptr", Some(spec.x.name()), 8);
     push("w", ArgRole::Weight, "ptr", Some("u32"), 8);
-    let scale_elem = if nvidia { spec.x.name() } else { "f32" };
+    // Power-of-two scales travel as one exponent byte when the operand type has E8M0's exponent range (bf16); f16
+    // operands keep 16-bit values, whose subnormals extend the range of scales applied exactly.
+    let exp_scales = nvidia && fmt.scale == ScaleType::E8m0 && spec.x == DType::Bf16;
+    let scale_elem = match (nvidia, exp_scales) {
+        (true, true) => "u8",
+        (true, false) => spec.x.name(),
+        (false, _) => "f32",
+    };
     push("scales", ArgRole::Scales, "ptr", Some(scale_elem), 8);
     if let Some(b) = spec.bias {
         push("bias", ArgRole::Bias, "ptr", Some(b.name()), 8);
@@ -467,8 +480,10 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             },
         },
         scale_layout: ScaleLayout {
-            id: if nvidia {
-                "nibble.scales_mma_sync_a.v1".into()
+            id: if exp_scales {
+                MMA_SCALE_EXP_LAYOUT_ID.into()
+            } else if nvidia {
+                MMA_SCALE_LAYOUT_ID.into()
             } else {
                 "nibble.scales_f32.v1".into()
             },
@@ -671,6 +686,11 @@ pub fn choose_split_k(n_tiles: u32, k_iters: u32, tile_m: u32, waves_k: u32, arc
 }
 
 impl Plan {
+    /// Whether the scales are exponent bytes (`nibble.scales_mma_sync_a_exp.v1`) rather than values.
+    pub fn scale_exp_bytes(&self) -> bool {
+        self.scale_layout.id == MMA_SCALE_EXP_LAYOUT_ID
+    }
+
     /// wgmma: element offset of (token row `row`, K element `k`) in one stage of the activation tile. B is K-major
     /// in core matrices of 8 tokens x 8 K (128 contiguous bytes, a token's 8 K elements in 16 bytes); the core
     /// matrices of one 8-token group follow each other along K (128 bytes apart: the descriptor's leading byte

@@ -536,10 +536,13 @@ pub fn required_bytes(manifest: &Manifest, role: ArgRole, m: u32) -> Option<u64>
         ArgRole::Weight => Some(n * k / 2),
         ArgRole::Scales => {
             let group = u64::from(manifest.format.group.max(1));
-            if manifest.scale_layout.id == crate::numerics::repack::MMA_SCALE_LAYOUT_ID {
-                // 16-bit values, `max(1, kc / group)` per row and chunk of kc = 16 * words_per_lane.
+            let id = manifest.scale_layout.id.as_str();
+            let exp = id == crate::numerics::repack::MMA_SCALE_EXP_LAYOUT_ID;
+            if id == crate::numerics::repack::MMA_SCALE_LAYOUT_ID || exp {
+                // 16-bit values or exponent bytes, `max(1, kc / group)` per row and chunk of
+                // kc = 16 * words_per_lane.
                 let kc = 16 * u64::from(manifest.weight_layout.words_per_lane.max(1));
-                Some(n * (k / kc) * (kc / group).max(1) * 2)
+                Some(n * (k / kc) * (kc / group).max(1) * if exp { 1 } else { 2 })
             } else {
                 // f32 [N][K / group].
                 Some(n * (k / group) * 4)
@@ -1088,6 +1091,16 @@ mod tests {
             LaunchError::BufferTooSmall { .. }
         ));
         assert_eq!(required_bytes(&m, ArgRole::Scales, 1), Some(64 * 4 * 4));
+        // The mma_sync layouts: 2 slots per row and 64-K chunk, 16-bit values or exponent bytes.
+        let mut nv = m.clone();
+        nv.weight_layout.words_per_lane = 4;
+        nv.scale_layout.id = crate::numerics::repack::MMA_SCALE_LAYOUT_ID.into();
+        assert_eq!(
+            required_bytes(&nv, ArgRole::Scales, 1),
+            Some(64 * 2 * 2 * 2)
+        );
+        nv.scale_layout.id = crate::numerics::repack::MMA_SCALE_EXP_LAYOUT_ID.into();
+        assert_eq!(required_bytes(&nv, ArgRole::Scales, 1), Some(64 * 2 * 2));
         assert_eq!(required_bytes(&m, ArgRole::Bias, 1), None);
         assert_eq!(required_bytes(&m, ArgRole::M, 1), None);
     }

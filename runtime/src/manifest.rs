@@ -274,7 +274,8 @@ pub struct ScaleLayout {
     pub group: u32,
     /// log2 of the factor folded into every scale.
     pub exp_offset: i32,
-    /// Element type of the repacked scales: `f32` when absent; `bf16`/`f16` for `nibble.scales_mma_sync_a.v1`.
+    /// Element type of the repacked scales: `f32` when absent; `bf16`/`f16` for `nibble.scales_mma_sync_a.v1`; for
+    /// `nibble.scales_mma_sync_a_exp.v1` the type whose exponent field each byte is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
 }

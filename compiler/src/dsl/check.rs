@@ -1231,11 +1231,15 @@ impl Checker<'_> {
                 .help(help),
             );
         }
-        let unit_m = u64::from(t.waves_m) * u64::from(mma.m());
+        // NVIDIA's MMA atom (m16n8k16, weights as A) takes 8 tokens: a kernel for NVIDIA targets only may tile M
+        // in 8s.
+        let all_nvidia = !infos.is_empty() && infos.iter().all(|i| i.vendor == Vendor::Nvidia);
+        let atom_m = if all_nvidia { 8 } else { mma.m() };
+        let unit_m = u64::from(t.waves_m) * u64::from(atom_m);
         let unit_n = u64::from(t.waves_n) * u64::from(mma.n());
         let mut atoms_ok = true;
         for (dim, tv, span, wv, av, unit_v) in [
-            ("m", t.tile_m, tm_span, t.waves_m, mma.m(), unit_m),
+            ("m", t.tile_m, tm_span, t.waves_m, atom_m, unit_m),
             ("n", t.tile_n, tn_span, t.waves_n, mma.n(), unit_n),
         ] {
             if u64::from(tv) % unit_v != 0 {

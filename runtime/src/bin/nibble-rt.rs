@@ -127,7 +127,7 @@ fn prepare(m: &Manifest, inp: &HostInputs, fault: Fault) -> Res<Prepared> {
         k,
     )
     .map_err(s)?;
-    if !matches!(scales, RepackedScales::Half16 { .. }) {
+    if matches!(scales, RepackedScales::F32(_)) {
         return Err(format!(
             "{}: scale layout {} is not an sm_80/sm_90 layout",
             m.kernel, m.scale_layout.id
@@ -143,14 +143,19 @@ fn prepare(m: &Manifest, inp: &HostInputs, fault: Fault) -> Res<Prepared> {
             }
         }
         Fault::RotateWords => words.iter_mut().for_each(|w| *w = w.rotate_left(4)),
-        Fault::ScaleExpPlus1 => {
-            if let RepackedScales::Half16 { dtype, bits } = &mut scales {
+        Fault::ScaleExpPlus1 => match &mut scales {
+            RepackedScales::Half16 { dtype, bits } => {
                 let one = if *dtype == DType::Bf16 { 0x80 } else { 0x400 };
                 bits.iter_mut()
                     .filter(|b| **b & 0x7FFF != 0)
                     .for_each(|b| *b = b.wrapping_add(one));
             }
-        }
+            RepackedScales::Exp8 { bytes, .. } => bytes
+                .iter_mut()
+                .filter(|b| **b != 0)
+                .for_each(|b| *b = b.wrapping_add(1)),
+            RepackedScales::F32(_) => {}
+        },
     }
     Ok(Prepared { words, scales })
 }

@@ -25,8 +25,8 @@ use thiserror::Error;
 use super::fp8::ScaleType;
 use super::reference::scale_problem;
 pub use super::repack_mma::{
-    repack_scales_mma, repack_weight_mma, unpack_weight_mma, MMA_SCALE_LAYOUT_ID,
-    MMA_WEIGHT_LAYOUT_ID,
+    repack_scales_mma, repack_weight_mma, unpack_weight_mma, MMA_SCALE_EXP_LAYOUT_ID,
+    MMA_SCALE_LAYOUT_ID, MMA_WEIGHT_LAYOUT_ID,
 };
 use super::{pow2, DType, ScaleData};
 use crate::manifest::{Element, Format, ScaleLayout, WeightLayout};
@@ -505,6 +505,8 @@ pub enum RepackedScales {
     F32(Vec<f32>),
     /// `nibble.scales_mma_sync_a.v1`: bit patterns of `dtype`.
     Half16 { dtype: DType, bits: Vec<u16> },
+    /// `nibble.scales_mma_sync_a_exp.v1`: exponent fields of `dtype` powers of two.
+    Exp8 { dtype: DType, bytes: Vec<u8> },
 }
 
 impl RepackedScales {
@@ -513,6 +515,7 @@ impl RepackedScales {
         match self {
             RepackedScales::F32(_) => "f32",
             RepackedScales::Half16 { dtype, .. } => dtype.name(),
+            RepackedScales::Exp8 { .. } => "u8",
         }
     }
 
@@ -520,6 +523,7 @@ impl RepackedScales {
         match self {
             RepackedScales::F32(v) => v.len(),
             RepackedScales::Half16 { bits, .. } => bits.len(),
+            RepackedScales::Exp8 { bytes, .. } => bytes.len(),
         }
     }
 
@@ -532,6 +536,7 @@ impl RepackedScales {
         match self {
             RepackedScales::F32(v) => 4 * v.len(),
             RepackedScales::Half16 { bits, .. } => 2 * bits.len(),
+            RepackedScales::Exp8 { bytes, .. } => bytes.len(),
         }
     }
 
@@ -539,7 +544,7 @@ impl RepackedScales {
     pub fn as_f32(&self) -> Option<&[f32]> {
         match self {
             RepackedScales::F32(v) => Some(v),
-            RepackedScales::Half16 { .. } => None,
+            RepackedScales::Half16 { .. } | RepackedScales::Exp8 { .. } => None,
         }
     }
 
@@ -550,12 +555,13 @@ impl RepackedScales {
             RepackedScales::Half16 { bits, .. } => {
                 bits.iter().flat_map(|x| x.to_le_bytes()).collect()
             }
+            RepackedScales::Exp8 { bytes, .. } => bytes.clone(),
         }
     }
 }
 
 /// Repacks scales for the layout pair of a kernel: [`repack_scales`] for `nibble.scales_f32.v1`,
-/// [`repack_scales_mma`] for `nibble.scales_mma_sync_a.v1` (whose chunk K comes from the weight layout).
+/// [`repack_scales_mma`] for the `nibble.scales_mma_sync_a` layouts (whose chunk K comes from the weight layout).
 pub fn repack_scales_for(
     weight_layout: &WeightLayout,
     layout: &ScaleLayout,
@@ -564,9 +570,8 @@ pub fn repack_scales_for(
     n: usize,
     k: usize,
 ) -> Result<RepackedScales, RepackError> {
-    if layout.id == MMA_SCALE_LAYOUT_ID {
-        let (dtype, bits) = repack_scales_mma(weight_layout, layout, fmt, scales, n, k)?;
-        Ok(RepackedScales::Half16 { dtype, bits })
+    if layout.id == MMA_SCALE_LAYOUT_ID || layout.id == MMA_SCALE_EXP_LAYOUT_ID {
+        repack_scales_mma(weight_layout, layout, fmt, scales, n, k)
     } else {
         repack_scales(layout, fmt, scales, n, k).map(RepackedScales::F32)
     }

@@ -15,6 +15,12 @@
 //! reference forms `round(element * scale)`. Both agree only for some scales, so every distinct scale is checked for
 //! all 16 codes, exactly, and one that disagrees is rejected with its row and group and the range of power-of-two
 //! scales the kernel applies exactly.
+//!
+//! `nibble.scales_mma_sync_a_exp.v1` holds one byte per value: the biased exponent field of `S`, which must then be
+//! a normal power of two of the operand type, in the same order except inside each 4-byte word (see
+//! [`MmaScaleGeometry::slot_of`]); the kernel shifts and masks a word into the bf16 pair of a slot. The planner
+//! picks it for E8M0 scales with bf16 operands, where it halves the scale bytes (E8M0 codes are powers of two and
+//! bf16 has E8M0's exponent range, so it rejects nothing the 16-bit layout accepts).
 
 use std::collections::HashMap;
 
@@ -22,7 +28,7 @@ use rayon::prelude::*;
 
 use super::fp8::ScaleType;
 use super::reference::{round_to, scale_problem};
-use super::repack::RepackError;
+use super::repack::{RepackError, RepackedScales};
 use super::{pow2, DType, ScaleData};
 use crate::manifest::{BitPiece, Element, Format, ScaleLayout, WeightLayout};
 
@@ -30,6 +36,8 @@ use crate::manifest::{BitPiece, Element, Format, ScaleLayout, WeightLayout};
 pub const MMA_WEIGHT_LAYOUT_ID: &str = "nibble.mma_sync_a.v1";
 /// The scale layout that goes with it.
 pub const MMA_SCALE_LAYOUT_ID: &str = "nibble.scales_mma_sync_a.v1";
+/// The same order, one exponent byte per value (power-of-two scales).
+pub const MMA_SCALE_EXP_LAYOUT_ID: &str = "nibble.scales_mma_sync_a_exp.v1";
 /// Lanes of a warp.
 const LANES: usize = 32;
 /// Rows (N) and K of one fragment atom.
@@ -425,6 +433,8 @@ pub struct MmaScaleGeometry {
     pub exp_offset: i32,
     /// `operand bias - element bias - exp_offset`: the kernel's epilogue factor `2^cexp`.
     pub cexp: i32,
+    /// One exponent byte per value (`nibble.scales_mma_sync_a_exp.v1`) instead of 16-bit values.
+    pub exp_bytes: bool,
 }
 
 impl MmaScaleGeometry {
@@ -437,8 +447,11 @@ impl MmaScaleGeometry {
             id: sl.id.clone(),
             what,
         };
-        if sl.id != MMA_SCALE_LAYOUT_ID {
-            return Err(err(format!("expected {MMA_SCALE_LAYOUT_ID}")));
+        let exp_bytes = sl.id == MMA_SCALE_EXP_LAYOUT_ID;
+        if sl.id != MMA_SCALE_LAYOUT_ID && !exp_bytes {
+            return Err(err(format!(
+                "expected {MMA_SCALE_LAYOUT_ID} or {MMA_SCALE_EXP_LAYOUT_ID}"
+            )));
         }
         let dtype = sl
             .dtype
@@ -461,6 +474,12 @@ impl MmaScaleGeometry {
                 "group {group} neither divides nor is a multiple of the chunk K {kc}"
             )));
         }
+        if exp_bytes && dtype != DType::Bf16 {
+            return Err(err(format!(
+                "exponent bytes are defined for bf16 operands, not {}",
+                dtype.name()
+            )));
+        }
         let (ob, _) = operand_bits(dtype);
         Ok(MmaScaleGeometry {
             dtype,
@@ -470,18 +489,30 @@ impl MmaScaleGeometry {
             gk: group.min(kc),
             exp_offset: sl.exp_offset,
             cexp: ob - fmt.element.bias - sl.exp_offset,
+            exp_bytes,
         })
     }
 
-    /// Number of u16 values for an `[N, K]` weight.
+    /// Number of values (u16 or exponent bytes) for an `[N, K]` weight.
     pub fn len(&self, n: usize, k: usize) -> usize {
         n * (k / self.kc) * self.gpc
     }
 
+    /// `(gl, h)` of position `p` among the `2 * gpc` values of one (row block, chunk, q): `p = 2 * gl + h`, except
+    /// for exponent bytes with two or more slots, where each 4-byte word holds slots `2j, 2j+1` of row q, then the
+    /// same slots of row q + 8 (so one shift and one mask form a slot's bf16 pair).
+    pub fn slot_of(&self, p: usize) -> (usize, usize) {
+        if self.exp_bytes && self.gpc > 1 {
+            let (j, o) = (p / 4, p % 4);
+            (2 * j + o % 2, o / 2)
+        } else {
+            (p / 2, p % 2)
+        }
+    }
+
     /// `(row, group)` of the value at `index`.
     pub fn coords(&self, k: usize, index: usize) -> (usize, usize) {
-        let h = index % 2;
-        let gl = (index / 2) % self.gpc;
+        let (gl, h) = self.slot_of(index % (2 * self.gpc));
         let q = (index / (2 * self.gpc)) % 8;
         let c = (index / (16 * self.gpc)) % (k / self.kc);
         let nb = index / (16 * self.gpc * (k / self.kc));
@@ -510,7 +541,8 @@ pub fn reference_element(v: f64, scale: f64, dtype: DType) -> f64 {
     f64::from(round_to(f64::from(v as f32 * scale as f32), dtype))
 }
 
-/// The repacked bits of scale `s` if the kernel applies it exactly for all 16 codes, else why not.
+/// The operand bits of scale `s` (`S = s * 2^exp_offset`) if the kernel applies it exactly for all 16 codes and
+/// the layout can hold it, else why not.
 pub fn mma_scale_bits(s: f64, elem: &Element, g: &MmaScaleGeometry) -> Result<u16, String> {
     if s == 0.0 {
         return Ok(0);
@@ -520,6 +552,15 @@ pub fn mma_scale_bits(s: f64, elem: &Element, g: &MmaScaleGeometry) -> Result<u1
     if !sd.is_finite() || f64::from(sd) != big {
         return Err(format!(
             "times 2^{} = {big:e} is not exactly a {} value",
+            g.exp_offset,
+            g.dtype.name()
+        ));
+    }
+    let bits = dtype_bits(sd, g.dtype);
+    let mant = operand_bits(g.dtype).1;
+    if g.exp_bytes && (bits & ((1 << mant) - 1) != 0 || bits >> mant == 0) {
+        return Err(format!(
+            "times 2^{} = {big:e} is not a normal power of two in {}, as the exponent-byte layout needs",
             g.exp_offset,
             g.dtype.name()
         ));
@@ -536,7 +577,7 @@ pub fn mma_scale_bits(s: f64, elem: &Element, g: &MmaScaleGeometry) -> Result<u1
             ));
         }
     }
-    Ok(dtype_bits(sd, g.dtype))
+    Ok(bits)
 }
 
 /// The power-of-two scales `2^lo ..= 2^hi` the kernel applies exactly (the longest run containing the most
@@ -558,10 +599,11 @@ fn describe_pow2(v: f64) -> String {
     format!("{v:e}")
 }
 
-/// Repacks checkpoint scales `[N, K/group]` into the u16 values of `nibble.scales_mma_sync_a.v1`:
-/// index `(((nb * (K/kc) + c) * 8 + q) * gpc + gl) * 2 + h` holds `scale(row nb*16 + q + 8h, group
-/// (c*kc + gl*gk) / group) * 2^exp_offset` as `dtype` bits (see [`MmaScaleGeometry`]). Every distinct scale must
-/// be applied exactly by the kernel ([`mma_scale_bits`]); NaN, negative and infinite scales are rejected.
+/// Repacks checkpoint scales `[N, K/group]` into the values of `nibble.scales_mma_sync_a.v1` (u16) or
+/// `nibble.scales_mma_sync_a_exp.v1` (exponent bytes): index `(((nb * (K/kc) + c) * 8 + q) * gpc + gl) * 2 + h`
+/// holds `scale(row nb*16 + q + 8h, group (c*kc + gl*gk) / group) * 2^exp_offset` as `dtype` bits, or their
+/// exponent field (see [`MmaScaleGeometry`]). Every distinct scale must be applied exactly by the kernel and fit
+/// the layout ([`mma_scale_bits`]); NaN, negative and infinite scales are rejected.
 pub fn repack_scales_mma(
     wl: &WeightLayout,
     sl: &ScaleLayout,
@@ -569,7 +611,7 @@ pub fn repack_scales_mma(
     scales: &ScaleData,
     n: usize,
     k: usize,
-) -> Result<(DType, Vec<u16>), RepackError> {
+) -> Result<RepackedScales, RepackError> {
     let g = MmaScaleGeometry::new(wl, sl, fmt)?;
     let st = ScaleType::parse(&fmt.scale).ok_or_else(|| RepackError::Format {
         format: fmt.name.clone(),
@@ -639,13 +681,23 @@ pub fn repack_scales_mma(
         cache.insert(v.to_bits(), b);
         *slot = b;
     }
-    let out = (0..g.len(n, k))
-        .map(|i| {
-            let (row, group) = g.coords(k, i);
-            bits[row * groups + group]
-        })
-        .collect();
-    Ok((g.dtype, out))
+    let out = (0..g.len(n, k)).map(|i| {
+        let (row, group) = g.coords(k, i);
+        bits[row * groups + group]
+    });
+    let mant = operand_bits(g.dtype).1;
+    Ok(if g.exp_bytes {
+        // mma_scale_bits proved every value a power of two with its exponent field in a byte.
+        RepackedScales::Exp8 {
+            dtype: g.dtype,
+            bytes: out.map(|b| (b >> mant) as u8).collect(),
+        }
+    } else {
+        RepackedScales::Half16 {
+            dtype: g.dtype,
+            bits: out.collect(),
+        }
+    })
 }
 
 #[cfg(test)]

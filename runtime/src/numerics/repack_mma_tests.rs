@@ -51,11 +51,81 @@ fn wlayout(elem: &Element, d: DType) -> WeightLayout {
 }
 
 fn slayout(d: DType, group: u32, exp_offset: i32) -> ScaleLayout {
+    slayout_id(MMA_SCALE_LAYOUT_ID, d, group, exp_offset)
+}
+
+fn slayout_id(id: &str, d: DType, group: u32, exp_offset: i32) -> ScaleLayout {
     ScaleLayout {
-        id: MMA_SCALE_LAYOUT_ID.into(),
+        id: id.into(),
         group,
         exp_offset,
         dtype: Some(d.name().into()),
+    }
+}
+
+/// Repacked scales as the emulated kernel reads them.
+enum KernelScales {
+    Half16(Vec<u16>),
+    /// Exponent bytes, moved into the bf16 exponent field by a shift of `shift` (7; 8 is a negative control).
+    Exp8 {
+        bytes: Vec<u8>,
+        shift: u32,
+    },
+}
+
+impl KernelScales {
+    fn new(r: RepackedScales, fault: Fault) -> (DType, KernelScales) {
+        match r {
+            RepackedScales::Half16 { dtype, bits } => (dtype, KernelScales::Half16(bits)),
+            RepackedScales::Exp8 { dtype, bytes } => {
+                let shift = if fault == Fault::ByteShift { 8 } else { 7 };
+                (dtype, KernelScales::Exp8 { bytes, shift })
+            }
+            RepackedScales::F32(_) => panic!("f32 scales from an mma_sync layout"),
+        }
+    }
+
+    /// The operand bits of slot `gl`, row half `h`, of the values starting at `base` (one row block, chunk and q),
+    /// formed the way the kernel forms them: the u16 value, or for exponent bytes the kernel's word arithmetic.
+    fn bits(&self, gpc: usize, base: usize, gl: usize, h: usize) -> u16 {
+        match self {
+            KernelScales::Half16(bits) => bits[base + 2 * gl + h],
+            KernelScales::Exp8 { bytes, shift } => {
+                let pair = if gpc == 1 {
+                    let x = u32::from(bytes[base]) | u32::from(bytes[base + 1]) << 8;
+                    ((x | x << 8) & 0x00FF_00FF) << shift
+                } else {
+                    let at = base + 4 * (gl / 2);
+                    let w = u32::from_le_bytes([
+                        bytes[at],
+                        bytes[at + 1],
+                        bytes[at + 2],
+                        bytes[at + 3],
+                    ]);
+                    let w = if gl % 2 == 0 {
+                        w << shift
+                    } else {
+                        w >> (8 - shift)
+                    };
+                    w & (0xFF << shift | 0xFF << (16 + shift))
+                };
+                (pair >> (16 * h)) as u16
+            }
+        }
+    }
+}
+
+fn repack16(
+    wl: &WeightLayout,
+    sl: &ScaleLayout,
+    fmt: &Format,
+    scales: &ScaleData,
+    n: usize,
+    k: usize,
+) -> Result<(DType, Vec<u16>), RepackError> {
+    match repack_scales_mma(wl, sl, fmt, scales, n, k)? {
+        RepackedScales::Half16 { dtype, bits } => Ok((dtype, bits)),
+        other => panic!("expected 16-bit scales, got {}", other.elem()),
     }
 }
 
@@ -94,6 +164,8 @@ enum Fault {
     None,
     /// The kernel reads the fragment's two row halves (g, g+8) the other way round.
     SwapRows,
+    /// The kernel shifts exponent bytes one bit too far.
+    ByteShift,
 }
 
 /// The kernel's dequantized weight `[N, K]` from repacked words and scales, by the layout's index formulas and the
@@ -103,7 +175,7 @@ fn emulate(
     pieces: &[Vec<BitPiece>],
     wpl: usize,
     words: &[u32],
-    scales: &[u16],
+    scales: &KernelScales,
     g: &MmaScaleGeometry,
     elem: &Element,
     n: usize,
@@ -131,8 +203,8 @@ fn emulate(
                         let half = (regs[f / 2] >> (16 * (f % 2))) as u16;
                         let raw = decode16(half, g.dtype);
                         let gl = (col % kc) / g.gk;
-                        let si = (((nb * (k / kc) + c) * 8 + lane / 4) * g.gpc + gl) * 2 + hrow;
-                        let s = decode16(scales[si], g.dtype);
+                        let base = ((nb * (k / kc) + c) * 8 + lane / 4) * g.gpc * 2;
+                        let s = decode16(scales.bits(g.gpc, base, gl, hrow), g.dtype);
                         assert!(!seen[row * k + col], "element ({row}, {col}) twice");
                         seen[row * k + col] = true;
                         out[row * k + col] = kernel_element(raw, s, g.dtype, g.cexp);
@@ -160,15 +232,48 @@ fn run_case(
     kernel_exp_offset: Option<i32>,
     fault: Fault,
 ) -> Result<usize, String> {
+    run_layout_case(
+        MMA_SCALE_LAYOUT_ID,
+        elem,
+        d,
+        fmt,
+        scales,
+        exp_offset,
+        weight,
+        n,
+        k,
+        kernel_pieces,
+        kernel_exp_offset,
+        fault,
+    )
+}
+
+/// [`run_case`] with the scale layout `id`.
+#[allow(clippy::too_many_arguments)]
+fn run_layout_case(
+    id: &str,
+    elem: &Element,
+    d: DType,
+    fmt: &Format,
+    scales: &ScaleData,
+    exp_offset: i32,
+    weight: &[u8],
+    n: usize,
+    k: usize,
+    kernel_pieces: Option<Vec<Vec<BitPiece>>>,
+    kernel_exp_offset: Option<i32>,
+    fault: Fault,
+) -> Result<usize, String> {
     let wl = wlayout(elem, d);
-    let sl = slayout(d, fmt.group, exp_offset);
+    let sl = slayout_id(id, d, fmt.group, exp_offset);
     let words = repack_weight_mma(&wl, elem, weight, n, k).map_err(|e| e.to_string())?;
-    let (dt, bits) = repack_scales_mma(&wl, &sl, fmt, scales, n, k).map_err(|e| e.to_string())?;
+    let repacked = repack_scales_mma(&wl, &sl, fmt, scales, n, k).map_err(|e| e.to_string())?;
+    let (dt, ks) = KernelScales::new(repacked, fault);
     assert_eq!(dt, d);
-    let kernel_sl = slayout(d, fmt.group, kernel_exp_offset.unwrap_or(exp_offset));
+    let kernel_sl = slayout_id(id, d, fmt.group, kernel_exp_offset.unwrap_or(exp_offset));
     let g = MmaScaleGeometry::new(&wl, &kernel_sl, fmt).map_err(|e| e.to_string())?;
     let pcs = kernel_pieces.unwrap_or_else(|| pieces(wl.mag_shift));
-    let got = emulate(&pcs, 4, &words, &bits, &g, elem, n, k, fault);
+    let got = emulate(&pcs, 4, &words, &ks, &g, elem, n, k, fault);
     let want = dequant_weight(fmt, weight, scales, None, n, k, d).map_err(|e| e.to_string())?;
     for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
         // == treats -0 and +0 alike and fails on NaN.
@@ -574,8 +679,8 @@ fn scale_order_follows_the_index_formula() {
         let (n, k) = (32, 256);
         let groups = k / group as usize;
         let codes: Vec<u8> = (0..n * groups).map(|i| (1 + i % 0x7E) as u8).collect();
-        let (_, bits) = repack_scales_mma(&wl, &sl, &fmt, &ScaleData::Bytes(codes.clone()), n, k)
-            .expect("repacks");
+        let (_, bits) =
+            repack16(&wl, &sl, &fmt, &ScaleData::Bytes(codes.clone()), n, k).expect("repacks");
         let kc = 64;
         let gpc = (kc / group as usize).max(1);
         let gk = (group as usize).min(kc);
@@ -596,4 +701,82 @@ fn scale_order_follows_the_index_formula() {
             }
         }
     }
+}
+
+/// `nibble.scales_mma_sync_a_exp.v1`: one byte per scale; for bf16 operands it accepts exactly the E8M0 codes the
+/// 16-bit layout accepts, the emulated kernel (a word shifted and masked into a slot's bf16 pair) equals the
+/// reference for one and two slots per chunk, and a kernel shifting one bit too far or disagreeing on exp_offset is
+/// caught. f16 operands and non-power-of-two scales are rejected.
+#[test]
+fn exponent_byte_scales_equal_the_reference_and_faults_are_detected() {
+    let (n, k) = (64, 256);
+    let w = random_bytes(n * k / 2, 13);
+    let exp = MMA_SCALE_EXP_LAYOUT_ID;
+    let d = DType::Bf16;
+    for (elem, e) in [(e2m1(), 110), (e1m2(1), 110), (e2m1(), 121)] {
+        let wl = wlayout(&elem, d);
+        for group in [32u32, 64, 128] {
+            let fmt = format(&elem, "e8m0", group);
+            let g16 = MmaScaleGeometry::new(&wl, &slayout(d, group, e), &fmt).expect("geometry");
+            let sl8 = slayout_id(exp, d, group, e);
+            let g8 = MmaScaleGeometry::new(&wl, &sl8, &fmt).expect("geometry");
+            let acc = accepted_e8m0(&elem, &g8);
+            assert_eq!(
+                acc,
+                accepted_e8m0(&elem, &g16),
+                "{}: the same codes",
+                elem.name
+            );
+            assert!(acc.len() > 20, "{}: {} accepted", elem.name, acc.len());
+            // Neighbouring scales differ, so a slot or row read from the wrong byte changes the result.
+            let groups = n * k / group as usize;
+            let codes: Vec<u8> = (0..groups).map(|i| acc[(i * 7) % acc.len()]).collect();
+            let sc = ScaleData::Bytes(codes);
+            let what = format!("{} group {group} exp_offset {e}", elem.name);
+            let run = |kernel_exp: Option<i32>, fault: Fault| {
+                run_layout_case(
+                    exp, &elem, d, &fmt, &sc, e, &w, n, k, None, kernel_exp, fault,
+                )
+            };
+            run(None, Fault::None).unwrap_or_else(|m| panic!("{what}: {m}"));
+            assert!(run(None, Fault::ByteShift).is_err(), "{what}: byte shift");
+            assert!(run(None, Fault::SwapRows).is_err(), "{what}: swapped rows");
+            for de in [-1, 1] {
+                assert!(
+                    run(Some(e + de), Fault::None).is_err(),
+                    "{what}: exp_offset {de:+}"
+                );
+            }
+            let r = repack_scales_mma(&wl, &sl8, &fmt, &sc, n, k).expect("repacks");
+            assert!(matches!(r, RepackedScales::Exp8 { .. }));
+            assert_eq!(r.elem(), "u8");
+            assert_eq!(r.size_bytes(), g8.len(n, k), "one byte per value");
+            let (_, bits16) =
+                repack16(&wl, &slayout(d, group, e), &fmt, &sc, n, k).expect("repacks");
+            assert_eq!(
+                r.len(),
+                bits16.len(),
+                "as many values as the 16-bit layout, in half the bytes"
+            );
+        }
+    }
+    // The byte order inside a word for two slots: (gl 0, g), (gl 1, g), (gl 0, g+8), (gl 1, g+8).
+    let elem = e2m1();
+    let wl = wlayout(&elem, d);
+    let fmt = format(&elem, "e8m0", 32);
+    let g8 = MmaScaleGeometry::new(&wl, &slayout_id(exp, d, 32, 110), &fmt).expect("geometry");
+    let slots: Vec<_> = (0..4).map(|p| g8.slot_of(p)).collect();
+    assert_eq!(slots, [(0, 0), (1, 0), (0, 1), (1, 1)]);
+    // f16 operands and a non-power-of-two scale.
+    let wl16 = wlayout(&elem, DType::F16);
+    assert!(matches!(
+        MmaScaleGeometry::new(&wl16, &slayout_id(exp, DType::F16, 32, 5), &fmt),
+        Err(RepackError::ScaleLayout { .. })
+    ));
+    let fmt = format(&elem, "f32", 32);
+    let sl8 = slayout_id(exp, d, 32, 110);
+    let err = repack_scales_mma(&wl, &sl8, &fmt, &ScaleData::F32(vec![0.75; 32]), 16, 64)
+        .expect_err("0.75")
+        .to_string();
+    assert!(err.contains("normal power of two"), "{err}");
 }
