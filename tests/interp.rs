@@ -830,6 +830,7 @@ mod real {
                 split_k: None,
             }),
             staging: None,
+            scales: None,
             source_hash: "0".into(),
         };
         nibble_compiler::plan::plan(&spec, arch).expect("plans")

@@ -397,8 +397,16 @@ fn token_tiles_of_eight_on_nvidia_targets_only() {
         let count = |what: &str| ptx.matches(what).count() as u32;
         // Unrolled: one load of each kind per 16-K step of the warp's K slice.
         let steps = p.pairs_per_iter;
-        assert_eq!(count("ldmatrix.sync.aligned.m8n8.x4"), x4 * steps, "{tiling}");
-        assert_eq!(count("ldmatrix.sync.aligned.m8n8.x2"), x2 * steps, "{tiling}");
+        assert_eq!(
+            count("ldmatrix.sync.aligned.m8n8.x4"),
+            x4 * steps,
+            "{tiling}"
+        );
+        assert_eq!(
+            count("ldmatrix.sync.aligned.m8n8.x2"),
+            x2 * steps,
+            "{tiling}"
+        );
     }
     // A kernel that also targets AMD keeps the MFMA's 16 tokens.
     let text = nibble_compiler::dsl::check_source(
@@ -410,6 +418,57 @@ fn token_tiles_of_eight_on_nvidia_targets_only() {
     assert!(
         text.contains("tile m=8 is not a multiple of waves m (1) x MFMA m (16) = 16"),
         "{text}"
+    );
+}
+
+#[test]
+fn scale_storage_follows_the_scales_statement() {
+    use nibble_runtime::numerics::repack::{MMA_SCALE_EXP_LAYOUT_ID, MMA_SCALE_LAYOUT_ID};
+    let plan = |target: &str, x: &str, fmt: &str, line: &str, arch: Arch| {
+        let src = format!(
+            "kernel k {{ target {target}; x {x}[M, 1024]; w {fmt}[256, 1024]; y {x}[M, 256]; {line} }}"
+        );
+        let kernels = check_file("k.nib", &src);
+        let p = nibble_compiler::plan::plan(&kernels[0], arch).expect("plans");
+        let elem = p
+            .args
+            .iter()
+            .find(|a| a.name == "scales")
+            .and_then(|a| a.elem.clone());
+        (p.scale_layout.id.clone(), elem.unwrap_or_default())
+    };
+    let exp = (MMA_SCALE_EXP_LAYOUT_ID.to_string(), "u8".to_string());
+    let wide = |t: &str| (MMA_SCALE_LAYOUT_ID.to_string(), t.to_string());
+    for (x, fmt, line, want) in [
+        // MXFP4 with bf16 activations: exponent bytes unless the kernel says otherwise.
+        ("bf16", "mxfp4", "", exp.clone()),
+        ("bf16", "mxfp4", "scales bytes", exp.clone()),
+        ("bf16", "mxfp4", "scales widened", wide("bf16")),
+        // Scales that are not powers of two, or f16 operands, keep the 16-bit layout.
+        ("bf16", "nvfp4", "", wide("bf16")),
+        ("f16", "mxfp4", "", wide("f16")),
+        ("f16", "mxfp4", "scales widened", wide("f16")),
+    ] {
+        for arch in [Arch::Sm90, Arch::Sm90a] {
+            assert_eq!(
+                plan(arch.name(), x, fmt, line, arch),
+                want,
+                "{x} {fmt} `{line}` on {}",
+                arch.name()
+            );
+        }
+    }
+    // AMD targets read f32 scales whatever the line says.
+    let (id, elem) = plan(
+        "gfx942, sm_90",
+        "bf16",
+        "mxfp4",
+        "scales widened",
+        Arch::Gfx942,
+    );
+    assert_eq!(
+        (id.as_str(), elem.as_str()),
+        ("nibble.scales_f32.v1", "f32")
     );
 }
 

@@ -400,32 +400,30 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     // Exponent bytes to the bf16 pair (rows g, g+8) of slot gl: the layout puts a chunk's bytes in the order
     // (slot 0, g), (slot 1, g), (slot 0, g+8), (slot 1, g+8), so one shift and one mask move both rows' bytes into
     // the two exponent fields (`nibble.scales_mma_sync_a_exp.v1`).
-    let exp_pair = |l: &Emitter<'c, 'b>,
-                    sv: Value<'c, 'b>,
-                    gl: i64|
-     -> Result<Value<'c, 'b>, IrError> {
-        let word = if svals == 2 {
-            // One slot per chunk: bytes (g, g+8) -> b0 << 7 | b1 << 23.
-            let h = l.vbitcast(sv, l.vector(1, l.int(16)))?;
-            let h = l.extract(h, 0, l.int(16))?;
-            let x = l.extui(h, i32t)?;
-            let up = l.shli(x, l.i32c(8)?)?;
-            let x = l.ori(x, up)?;
-            let x = l.andi(x, l.i32c(0x00FF_00FF)?)?;
-            l.shli(x, l.i32c(7)?)?
-        } else {
-            let words = l.vbitcast(sv, l.vector(u64::from(svals / 4), i32t))?;
-            let w = l.extract(words, gl / 2, i32t)?;
-            let w = if gl % 2 == 0 {
-                l.shli(w, l.i32c(7)?)?
+    let exp_pair =
+        |l: &Emitter<'c, 'b>, sv: Value<'c, 'b>, gl: i64| -> Result<Value<'c, 'b>, IrError> {
+            let word = if svals == 2 {
+                // One slot per chunk: bytes (g, g+8) -> b0 << 7 | b1 << 23.
+                let h = l.vbitcast(sv, l.vector(1, l.int(16)))?;
+                let h = l.extract(h, 0, l.int(16))?;
+                let x = l.extui(h, i32t)?;
+                let up = l.shli(x, l.i32c(8)?)?;
+                let x = l.ori(x, up)?;
+                let x = l.andi(x, l.i32c(0x00FF_00FF)?)?;
+                l.shli(x, l.i32c(7)?)?
             } else {
-                l.shrui(w, l.i32c(1)?)?
+                let words = l.vbitcast(sv, l.vector(u64::from(svals / 4), i32t))?;
+                let w = l.extract(words, gl / 2, i32t)?;
+                let w = if gl % 2 == 0 {
+                    l.shli(w, l.i32c(7)?)?
+                } else {
+                    l.shrui(w, l.i32c(1)?)?
+                };
+                l.andi(w, l.i32c(0x7F80_7F80)?)?
             };
-            l.andi(w, l.i32c(0x7F80_7F80)?)?
+            let v = l.broadcast(word, v1i)?;
+            l.vbitcast(v, v2)
         };
-        let v = l.broadcast(word, v1i)?;
-        l.vbitcast(v, v2)
-    };
     let exp_pair = exp_scales.then_some(&exp_pair);
     // NVVM types bf16 operand registers as i32 and f16 ones as vector<2xf16>.
     let as_i32 = |e: &Emitter<'c, 'b>, v: Value<'c, 'b>| -> Result<Value<'c, 'b>, IrError> {
@@ -572,7 +570,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                     // A pair whose second atom is past the warp's tokens (8-token tiles) loads only the first
                     // atom's two matrices (`.x2`, which reads the addresses of lanes 0-15).
                     let single = 2 * pair as u32 + 1 == p.m_tiles;
-                    let (num, ty) = if single { ("2 : i32", pair_ty) } else { ("4 : i32", quad) };
+                    let (num, ty) = if single {
+                        ("2 : i32", pair_ty)
+                    } else {
+                        ("4 : i32", quad)
+                    };
                     let m = l.op1(
                         "nvvm.ldmatrix",
                         &[ptr],

@@ -11,7 +11,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::arch::{Arch, Vendor};
-use crate::spec::{DType, FormatSpec, KernelSpec, MmaAtom, ScaleType, Schedule, Staging, Tiling};
+use crate::spec::{
+    DType, FormatSpec, KernelSpec, MmaAtom, ScaleStorage, ScaleType, Schedule, Staging, Tiling,
+};
 
 /// Each lane loads its weight words 16 bytes at a time: 4 words = 4 MFMA pairs.
 pub const WORDS_PER_LANE: u32 = 4;
@@ -392,9 +394,13 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     push("x", ArgRole::X, "ptr", Some(spec.x.name()), 8);
     push("w", ArgRole::Weight, "ptr", Some("u32"), 8);
-    // Power-of-two scales travel as one exponent byte when the operand type has E8M0's exponent range (bf16); f16
-    // operands keep 16-bit values, whose subnormals extend the range of scales applied exactly.
-    let exp_scales = nvidia && fmt.scale == ScaleType::E8m0 && spec.x == DType::Bf16;
+    // Power-of-two scales travel as one exponent byte when the operand type has E8M0's exponent range (bf16), unless
+    // the kernel says `scales widened`; f16 operands keep 16-bit values, whose subnormals extend the range of scales
+    // applied exactly.
+    let exp_scales = nvidia
+        && fmt.scale == ScaleType::E8m0
+        && spec.x == DType::Bf16
+        && spec.scales != Some(ScaleStorage::Widened);
     let scale_elem = match (nvidia, exp_scales) {
         (true, true) => "u8",
         (true, false) => spec.x.name(),

@@ -144,6 +144,17 @@ pub enum Staging {
     Async,
 }
 
+/// How an NVIDIA kernel's E8M0 scales are stored for it (`scales bytes|widened`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScaleStorage {
+    /// One exponent byte per scale, as in the checkpoint (`nibble.scales_mma_sync_a_exp.v1`).
+    Bytes,
+    /// Widened offline to the 16-bit operand type (`nibble.scales_mma_sync_a.v1`): twice the scale bytes, no
+    /// widening in the kernel.
+    Widened,
+}
+
 /// One checked kernel: y[M, N] = x[M, K] * dequant(W[N, K])^T (+ bias), M dynamic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelSpec {
@@ -161,6 +172,9 @@ pub struct KernelSpec {
     /// `staging async|registers`: how NVIDIA kernels fill the activation ring (None: the planner's default,
     /// `Plan::async_x`). AMD targets always stage through registers.
     pub staging: Option<Staging>,
+    /// `scales bytes|widened`: how NVIDIA kernels read E8M0 scales (None: bytes wherever the layout applies, E8M0
+    /// scales with bf16 activations). AMD targets read f32 scales either way.
+    pub scales: Option<ScaleStorage>,
     /// Hex SHA-256 (or other stable hash) of the kernel's source text including the formats it uses.
     pub source_hash: String,
 }

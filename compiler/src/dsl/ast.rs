@@ -199,6 +199,8 @@ pub enum KernelStmtKind {
     Split(Num),
     /// `staging async|registers` (NVIDIA targets)
     Staging(Ident),
+    /// `scales bytes|widened` (NVIDIA targets)
+    Scales(Ident),
     /// `schedule auto [m=N]`
     Schedule(Ident, Vec<KeyValue>),
 }
@@ -215,6 +217,7 @@ impl KernelStmtKind {
             KernelStmtKind::Stages(_) => "stages",
             KernelStmtKind::Split(_) => "split",
             KernelStmtKind::Staging(_) => "staging",
+            KernelStmtKind::Scales(_) => "scales",
             KernelStmtKind::Schedule(..) => "schedule",
         }
     }

@@ -15,8 +15,8 @@ use crate::dsl::ast::{
 use crate::dsl::budget;
 use crate::dsl::diagnostics::{Error, Loc, SourceId};
 use crate::spec::{
-    CheckedFile, DType, FormatSpec, KernelSpec, MiniFloat, MmaAtom, ScaleType, Schedule, Staging,
-    Tiling,
+    CheckedFile, DType, FormatSpec, KernelSpec, MiniFloat, MmaAtom, ScaleStorage, ScaleType,
+    Schedule, Staging, Tiling,
 };
 
 /// One parsed source: the prelude or the user's file.
@@ -655,6 +655,12 @@ impl Checker<'_> {
             None => schedule,
         };
         let staging = self.staging(unit, seen.get("staging").copied(), schedule.as_ref());
+        let scales = self.scales(
+            unit,
+            seen.get("scales").copied(),
+            format.as_ref().map(|(f, _)| f),
+            x_ty,
+        );
 
         if self.errors.len() != before || d.recovered {
             return None;
@@ -680,6 +686,7 @@ impl Checker<'_> {
             bias: if bias.is_some() { Some(bias_ty?) } else { None },
             schedule: schedule?,
             staging: staging?,
+            scales: scales?,
             source_hash,
         })
     }
@@ -780,6 +787,63 @@ impl Checker<'_> {
             }
         }
         Some(Some(staging))
+    }
+
+    /// `scales bytes|widened`: Some(None) when absent (the planner's default), None after an error. One-byte scales
+    /// are E8M0 exponents applied to bf16 operands, so `bytes` needs both.
+    fn scales(
+        &mut self,
+        unit: &Unit,
+        s: Option<&KernelStmt>,
+        format: Option<&FormatSpec>,
+        x: Option<DType>,
+    ) -> Option<Option<ScaleStorage>> {
+        let Some(s) = s else { return Some(None) };
+        let KernelStmtKind::Scales(id) = &s.kind else {
+            return None;
+        };
+        let storage = match id.name.as_str() {
+            "bytes" => ScaleStorage::Bytes,
+            "widened" => ScaleStorage::Widened,
+            other => {
+                self.err(
+                    Error::new(
+                        loc(unit, id.span),
+                        format!("unknown scale storage `{other}`"),
+                        "expected `bytes` or `widened`",
+                    )
+                    .help(
+                        "`scales bytes` reads E8M0 scales as their exponent bytes, `scales widened` as 16-bit \
+                         values of the activation type",
+                    ),
+                );
+                return None;
+            }
+        };
+        if storage == ScaleStorage::Bytes {
+            // Without the format or the activation type the other checks have reported the error.
+            let (format, x) = (format?, x?);
+            if format.scale != ScaleType::E8m0 || x != DType::Bf16 {
+                self.err(
+                    Error::new(
+                        loc(unit, id.span),
+                        format!(
+                            "one-byte scales need E8M0 scales and bf16 activations, not {} scales with {} \
+                             activations",
+                            format.scale.name(),
+                            x.name()
+                        ),
+                        "not applicable to this kernel",
+                    )
+                    .help(
+                        "an exponent byte is exact only for power-of-two scales applied to bf16 operands; use \
+                         `scales widened` or remove the line",
+                    ),
+                );
+                return None;
+            }
+        }
+        Some(Some(storage))
     }
 
     fn targets(&mut self, unit: &Unit, s: Option<&KernelStmt>) -> Option<Vec<Arch>> {

@@ -155,6 +155,16 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
             }
         );
     }
+    if let Some(sc) = k.scales {
+        let _ = writeln!(
+            s,
+            "  scales    {} (NVIDIA targets)",
+            match sc {
+                crate::spec::ScaleStorage::Bytes => "bytes",
+                crate::spec::ScaleStorage::Widened => "widened",
+            }
+        );
+    }
     match &k.schedule {
         Schedule::Auto { m } => {
             let _ = writeln!(s, "  schedule  auto (tiling for M = {m})");

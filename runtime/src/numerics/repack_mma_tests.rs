@@ -102,7 +102,7 @@ impl KernelScales {
                         bytes[at + 2],
                         bytes[at + 3],
                     ]);
-                    let w = if gl % 2 == 0 {
+                    let w = if gl.is_multiple_of(2) {
                         w << shift
                     } else {
                         w >> (8 - shift)
