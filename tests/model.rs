@@ -1,7 +1,9 @@
 //! compile-model's generation and parallel compilation, from a list of layer shapes.
 
 use nibble_compiler::arch::Arch;
-use nibble_compiler::model::{compile_model, distinct_shapes, kernels_for, DECODE_MAX_M};
+use nibble_compiler::model::{
+    compile_model, distinct_shapes, kernels_for, DECODE8_MAX_M, DECODE_MAX_M,
+};
 use nibble_runtime::manifest::Manifest;
 
 #[test]
@@ -74,8 +76,8 @@ fn shapes_are_grouped_and_every_generated_kernel_compiles() {
     }
 }
 
-/// Mixed vendors: each gets its own decode and prefill kernels (NVIDIA prefill with one warp along M), and every
-/// generated kernel plans for its targets.
+/// Mixed vendors: each gets its own decode and prefill kernels (NVIDIA also an 8-token decode kernel, and prefill with
+/// one warp along M), and every generated kernel plans for its targets.
 #[test]
 fn nvidia_targets_get_their_own_prefill_tiling() {
     let layers = vec![("model.layers.0.mlp.down_proj".to_string(), 256, 1024, None)];
@@ -87,6 +89,7 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
         [
             "l256x1024_decode",
             "l256x1024_prefill",
+            "l256x1024_decode8_nv",
             "l256x1024_decode_nv",
             "l256x1024_prefill_nv"
         ]
@@ -111,10 +114,14 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
                 if nv { (1, 80) } else { (2, 64) }
             );
         } else if nv {
-            // NVIDIA decode with K <= 8192: 16x32x512 over 2 x 4 warps with cp.async.
+            // NVIDIA decode: 32 rows over 2 x 8 warps along a 1024-K tile with cp.async, 8 tokens up to M = 8.
             let t = &p.tiling;
             let got = (t.tile_n, t.tile_k, t.waves_n, t.waves_k, p.async_x);
-            assert_eq!(got, (32, 512, 2, 4, true));
+            assert_eq!(got, (32, 1024, 2, 8, true));
+            let eight = k.name.contains("decode8");
+            assert_eq!(t.tile_m, if eight { 8 } else { 16 });
+            let m_max = if eight { DECODE8_MAX_M } else { DECODE_MAX_M };
+            assert_eq!(k.m_range, (1, m_max));
         } else {
             // AMD decode: the cost model's tiling and split for the arch.
             assert_eq!(
@@ -128,12 +135,40 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
             assert_eq!(p.tiling.tile_m, 16);
         }
     }
-    // Longer K (the down projection's 28672 measured slower with it): the NVIDIA decode keeps the 16xN tiling.
-    let long = distinct_shapes(&[("model.layers.0.mlp.down_proj".to_string(), 256, 9216, None)]);
-    let lk = kernels_for(&long[0], "mxfp4", &[Arch::Sm90]).expect("kernels");
-    let checked = nibble_compiler::dsl::check_source(&lk[0].name, &lk[0].source).expect("checks");
-    let p = nibble_compiler::plan::plan(&checked.kernels[0], Arch::Sm90).expect("plans");
-    assert!(lk[0].name.ends_with("_decode") && p.tiling.waves_k == 1 && !p.async_x);
+    // The NVIDIA decode tiling by shape (the 8- and 16-token kernels alike): (N, K) -> (tile n, tile k, waves k).
+    let nv_decode = |n: u32, k: u32| {
+        let shape = distinct_shapes(&[("l".to_string(), n, k, None)]);
+        let ks = kernels_for(&shape[0], "mxfp4", &[Arch::Sm90]).expect("kernels");
+        let tilings: Vec<_> = ks
+            .iter()
+            .filter(|g| g.name.contains("_decode"))
+            .map(|g| {
+                let checked =
+                    nibble_compiler::dsl::check_source(&g.name, &g.source).expect("checks");
+                let p =
+                    nibble_compiler::plan::plan(&checked.kernels[0], Arch::Sm90).expect("plans");
+                (
+                    p.tiling.tile_m,
+                    p.tiling.tile_n,
+                    p.tiling.tile_k,
+                    p.tiling.waves_k,
+                )
+            })
+            .collect();
+        assert_eq!(tilings.len(), 2, "{n}x{k}");
+        assert_eq!((tilings[0].0, tilings[1].0), (8, 16), "{n}x{k}");
+        let rest = |t: &(u32, u32, u32, u32)| (t.1, t.2, t.3);
+        assert_eq!(rest(&tilings[0]), rest(&tilings[1]), "{n}x{k}");
+        rest(&tilings[0])
+    };
+    // Llama-3-70B's O, gate/up and down: 2 x 8 warps.
+    for (n, k) in [(8192, 8192), (57344, 8192), (8192, 28672)] {
+        assert_eq!(nv_decode(n, k), (32, 1024, 8), "{n}x{k}");
+    }
+    // QKV: 320 blocks of 512 threads on 132 SMs would run a half-empty second wave, so 2 x 4 warps.
+    assert_eq!(nv_decode(10240, 8192), (32, 512, 4));
+    // K above 8192 without a 1024-K tile (2 x 4 warps measured slower there): the 16xN tiling without warps along K.
+    assert_eq!(nv_decode(256, 8704), (128, 256, 1));
     // NVIDIA alone keeps the plain names.
     let only = kernels_for(&shapes[0], "mxfp4", &[Arch::Sm90]).expect("kernels");
     assert!(only.iter().all(|k| !k.name.ends_with("_nv")));
@@ -155,11 +190,13 @@ fn sm_90a_gets_a_wgmma_prefill_kernel() {
     assert_eq!(
         names,
         [
+            "l256x1024_decode8",
             "l256x1024_decode",
             "l256x1024_prefill_wg",
             "l256x1024_prefill"
         ]
     );
+    let ks = &ks[1..];
     let wg = plan_of(&ks[1], Arch::Sm90a);
     assert!(wg.wgmma, "the sm_90a prefill takes the wgmma route");
     assert!(
@@ -184,8 +221,11 @@ fn sm_90a_gets_a_wgmma_prefill_kernel() {
     // sm_90a alone: the plain prefill name, on the wgmma route.
     let only = kernels_for(&shapes[0], "mxfp4", &[Arch::Sm90a]).expect("kernels");
     let names: Vec<&str> = only.iter().map(|k| k.name.as_str()).collect();
-    assert_eq!(names, ["l256x1024_decode", "l256x1024_prefill"]);
-    assert!(plan_of(&only[1], Arch::Sm90a).wgmma);
+    assert_eq!(
+        names,
+        ["l256x1024_decode8", "l256x1024_decode", "l256x1024_prefill"]
+    );
+    assert!(plan_of(&only[2], Arch::Sm90a).wgmma);
 }
 
 #[test]

@@ -52,6 +52,42 @@ pub struct GeneratedKernel {
     pub m_range: (u32, u32),
 }
 
+/// The largest M the 8-token NVIDIA decode kernel serves.
+pub const DECODE8_MAX_M: u32 = 8;
+
+/// The NVIDIA decode tiling for blocks of `tokens` (8 or 16) tokens, measured on the H100
+/// (docs/results/h100-session9/): 32 weight rows over 2 x 8 warps (8 along a 1024-K tile) with L1-cached cp.async
+/// staging, so the blocks an SM holds share the activation rows. Those 512-thread blocks fit two to an SM, so a
+/// grid of N / 32 blocks between two and four per SM (Llama-3-70B's QKV, 320 blocks on 132 SMs) runs a half-empty
+/// second wave: there 2 x 4 warps along a 512-K tile (QKV at M = 1 21.1 against 26.5 us, at M = 16 22.5 against
+/// 24.4). At M = 1 the 2 x 8 tiling measured O 17.1, gate/up 90.6, down 47.2 us against 17.9, 95.7, 52.7 for 2 x 4;
+/// for K above 8192 (down) without a 1024-K tile the 16 x N tiling (`fallback`: rows, warps along N, tile k) stays,
+/// as 2 x 4 warps measured slower there (session 7: 55.8/70.5 against 52.8/56.9 us at M = 1/16).
+fn nvidia_decode_tiling(
+    n: u32,
+    k: u32,
+    tokens: u32,
+    sms: &[u32],
+    fallback: (u32, u32, u32),
+) -> String {
+    let blocks = n / 32;
+    let tail = sms.iter().any(|s| 2 * s < blocks && blocks <= 4 * s);
+    let async_tiling = |tile_k: u32, waves_k: u32| {
+        format!(
+            "  tile   m={tokens} n=32 k={tile_k}\n  waves  m=1 n=2 k={waves_k}\n  mma    16x16x16\n  stages 2\n  \
+             staging async\n"
+        )
+    };
+    if k.is_multiple_of(1024) && !tail {
+        async_tiling(1024, 8)
+    } else if k.is_multiple_of(512) && k <= 8192 {
+        async_tiling(512, 4)
+    } else {
+        let (dn, dw, tile_k) = fallback;
+        format!("  tile   m={tokens} n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n")
+    }
+}
+
 fn largest_dividing(n: u32, candidates: &[u32]) -> Option<u32> {
     candidates.iter().copied().find(|c| n.is_multiple_of(*c))
 }
@@ -79,8 +115,8 @@ pub fn kernels_for(
     );
     let mut out = vec![];
     // Decode: AMD targets take `schedule auto` (the cost model's tiling and split for each arch, which on gfx942
-    // meets the VALU target of the Llama-3-70B layers, docs/PERFORMANCE.md); NVIDIA one 16-row MMA tile per warp,
-    // warps split N (another tiling for K up to 8192, below), the tilings measured on the H100.
+    // meets the VALU target of the Llama-3-70B layers, docs/PERFORMANCE.md); NVIDIA the tilings measured on the H100
+    // (`nvidia_decode_tiling`), with 8 tokens per block for M <= 8 besides the 16-token kernel.
     let dn = largest_dividing(n, &[128, 64, 32])
         .ok_or_else(|| format!("N = {n} is not a multiple of 32"))?;
     let dw = (dn / 32).clamp(1, 4);
@@ -96,6 +132,11 @@ pub fn kernels_for(
         .filter(|a| a.is_nvidia())
         .map(|a| a.name())
         .collect();
+    let nv_sms: Vec<u32> = targets
+        .iter()
+        .filter(|a| a.is_nvidia())
+        .map(|a| a.info().cus)
+        .collect();
     for (archs, suffix, nvidia) in [
         (&amd, "", false),
         (&nv, if amd.is_empty() { "" } else { "_nv" }, true),
@@ -105,19 +146,22 @@ pub fn kernels_for(
         }
         let targets = archs.join(", ");
         let decode = format!("{base}_decode{suffix}");
-        // NVIDIA with K up to 8192: 32 rows per block over 2 x 4 warps (4 along K) with L1-cached cp.async
-        // staging, so the several blocks an SM holds share the activation rows (the benchmark's `qkv_ka`). Measured
-        // on the H100 against the 16x128 tiling below at M = 1/16 (docs/results/h100-session7/model-decode): QKV
-        // 23.7/24.1 against 26.5/30.2 us, O 19.0/22.4 against 21.1/25.3, gate/up 100.4/113.4 against 111.1/118.7;
-        // slower for down (K = 28672: 55.8/70.5 against 52.8/56.9), hence the bound on K. (N is a multiple of 32:
-        // `dn` above.)
-        let schedule = if !nvidia {
-            "  schedule auto\n".to_string()
-        } else if k.is_multiple_of(512) && k <= 8192 {
-            "  tile   m=16 n=32 k=512\n  waves  m=1 n=2 k=4\n  mma    16x16x16\n  stages 2\n  staging async\n"
-                .to_string()
+        if nvidia {
+            // The bundle picks the kernel with the smallest token tile whose M range holds M.
+            let decode8 = format!("{base}_decode8{suffix}");
+            let tiling = nvidia_decode_tiling(n, k, 8, &nv_sms, (dn, dw, tile_k));
+            out.push(GeneratedKernel {
+                name: decode8.clone(),
+                source: format!(
+                    "{header}kernel {decode8} {{\n  target {targets}\n{tensors}{tiling}}}\n"
+                ),
+                m_range: (1, DECODE8_MAX_M),
+            });
+        }
+        let schedule = if nvidia {
+            nvidia_decode_tiling(n, k, 16, &nv_sms, (dn, dw, tile_k))
         } else {
-            format!("  tile   m=16 n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n")
+            "  schedule auto\n".to_string()
         };
         out.push(GeneratedKernel {
             name: decode.clone(),
