@@ -144,6 +144,16 @@ pub enum Staging {
     Async,
 }
 
+impl Staging {
+    /// The DSL word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Staging::Registers => "registers",
+            Staging::Async => "async",
+        }
+    }
+}
+
 /// How an NVIDIA kernel's E8M0 scales are stored for it (`scales bytes|widened`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +163,16 @@ pub enum ScaleStorage {
     /// Widened offline to the 16-bit operand type (`nibble.scales_mma_sync_a.v1`): twice the scale bytes, no
     /// widening in the kernel.
     Widened,
+}
+
+impl ScaleStorage {
+    /// The DSL word.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScaleStorage::Bytes => "bytes",
+            ScaleStorage::Widened => "widened",
+        }
+    }
 }
 
 /// One checked kernel: y[M, N] = x[M, K] * dequant(W[N, K])^T (+ bias), M dynamic.

@@ -747,6 +747,30 @@ impl Checker<'_> {
         Some(Schedule::Manual(t))
     }
 
+    /// The value a statement's word names among `options`; None after reporting an unknown word.
+    fn keyword<T: Copy, const N: usize>(
+        &mut self,
+        unit: &Unit,
+        id: &Ident,
+        what: &str,
+        options: [(&str, T); N],
+        help: &str,
+    ) -> Option<T> {
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == id.name) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.err(
+            Error::new(
+                loc(unit, id.span),
+                format!("unknown {what} `{}`", id.name),
+                format!("expected {}", list(&names, "or")),
+            )
+            .help(help),
+        );
+        None
+    }
+
     /// `staging async|registers`: Some(None) when absent (the planner's default), None after an error.
     fn staging(
         &mut self,
@@ -758,21 +782,13 @@ impl Checker<'_> {
         let KernelStmtKind::Staging(id) = &s.kind else {
             return None;
         };
-        let staging = match id.name.as_str() {
-            "async" => Staging::Async,
-            "registers" => Staging::Registers,
-            other => {
-                self.err(
-                    Error::new(
-                        loc(unit, id.span),
-                        format!("unknown staging `{other}`"),
-                        "expected `async` or `registers`",
-                    )
-                    .help("`staging async` fills the ring with cp.async, `staging registers` through 16-byte loads"),
-                );
-                return None;
-            }
-        };
+        let staging = self.keyword(
+            unit,
+            id,
+            "staging",
+            [("async", Staging::Async), ("registers", Staging::Registers)],
+            "`staging async` fills the ring with cp.async, `staging registers` through 16-byte loads",
+        )?;
         if let (Staging::Async, Some(Schedule::Manual(t))) = (staging, schedule) {
             if t.stages < 2 {
                 self.err(
@@ -802,24 +818,14 @@ impl Checker<'_> {
         let KernelStmtKind::Scales(id) = &s.kind else {
             return None;
         };
-        let storage = match id.name.as_str() {
-            "bytes" => ScaleStorage::Bytes,
-            "widened" => ScaleStorage::Widened,
-            other => {
-                self.err(
-                    Error::new(
-                        loc(unit, id.span),
-                        format!("unknown scale storage `{other}`"),
-                        "expected `bytes` or `widened`",
-                    )
-                    .help(
-                        "`scales bytes` reads E8M0 scales as their exponent bytes, `scales widened` as 16-bit \
-                         values of the activation type",
-                    ),
-                );
-                return None;
-            }
-        };
+        let storage = self.keyword(
+            unit,
+            id,
+            "scale storage",
+            [("bytes", ScaleStorage::Bytes), ("widened", ScaleStorage::Widened)],
+            "`scales bytes` reads E8M0 scales as their exponent bytes, `scales widened` as 16-bit values of the \
+             activation type",
+        )?;
         if storage == ScaleStorage::Bytes {
             // Without the format or the activation type the other checks have reported the error.
             let (format, x) = (format?, x?);

@@ -145,25 +145,15 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
         let _ = writeln!(s, "  bias      {}[{}]", b.name(), k.n);
     }
     let _ = writeln!(s, "  format    {}", describe_format(&k.format));
-    if let Some(st) = k.staging {
-        let _ = writeln!(
-            s,
-            "  staging   {} (NVIDIA targets)",
-            match st {
-                crate::spec::Staging::Async => "async",
-                crate::spec::Staging::Registers => "registers",
-            }
-        );
-    }
-    if let Some(sc) = k.scales {
-        let _ = writeln!(
-            s,
-            "  scales    {} (NVIDIA targets)",
-            match sc {
-                crate::spec::ScaleStorage::Bytes => "bytes",
-                crate::spec::ScaleStorage::Widened => "widened",
-            }
-        );
+    // (Both statements only matter to the NVIDIA targets.)
+    let nv_lines = [
+        ("staging", k.staging.map(|st| st.name())),
+        ("scales", k.scales.map(|sc| sc.name())),
+    ];
+    for (key, value) in nv_lines {
+        if let Some(v) = value {
+            let _ = writeln!(s, "  {key:<9} {v} (NVIDIA targets)");
+        }
     }
     match &k.schedule {
         Schedule::Auto { m } => {

@@ -217,40 +217,10 @@ fn emulate(
     out
 }
 
-/// Repacks, emulates the kernel and compares with the reference dequantization; Err on the first difference.
+/// Repacks with the scale layout `id`, emulates the kernel and compares with the reference dequantization; Err on
+/// the first difference.
 #[allow(clippy::too_many_arguments)]
 fn run_case(
-    elem: &Element,
-    d: DType,
-    fmt: &Format,
-    scales: &ScaleData,
-    exp_offset: i32,
-    weight: &[u8],
-    n: usize,
-    k: usize,
-    kernel_pieces: Option<Vec<Vec<BitPiece>>>,
-    kernel_exp_offset: Option<i32>,
-    fault: Fault,
-) -> Result<usize, String> {
-    run_layout_case(
-        MMA_SCALE_LAYOUT_ID,
-        elem,
-        d,
-        fmt,
-        scales,
-        exp_offset,
-        weight,
-        n,
-        k,
-        kernel_pieces,
-        kernel_exp_offset,
-        fault,
-    )
-}
-
-/// [`run_case`] with the scale layout `id`.
-#[allow(clippy::too_many_arguments)]
-fn run_layout_case(
     id: &str,
     elem: &Element,
     d: DType,
@@ -477,6 +447,7 @@ fn emulated_kernel_dequant_equals_reference() {
         assert!(acc.contains(&127), "scale 1 is accepted");
         let codes: Vec<u8> = (0..n * k / 32).map(|i| acc[i % acc.len()]).collect();
         run_case(
+            MMA_SCALE_LAYOUT_ID,
             &elem,
             d,
             &fmt,
@@ -494,6 +465,7 @@ fn emulated_kernel_dequant_equals_reference() {
         let fmt = format(&elem, "e4m3", 16);
         let codes: Vec<u8> = (0..n * k / 16).map(|i| (i % 0x7F) as u8).collect();
         run_case(
+            MMA_SCALE_LAYOUT_ID,
             &elem,
             d,
             &fmt,
@@ -523,6 +495,7 @@ fn emulated_kernel_dequant_equals_reference() {
         );
         let bits: Vec<u16> = (0..n * k / 128).map(|i| pool[i % pool.len()]).collect();
         run_case(
+            MMA_SCALE_LAYOUT_ID,
             &elem,
             d,
             &fmt,
@@ -548,12 +521,26 @@ fn emulation_detects_faults() {
     for (elem, d, e) in elements() {
         let fmt = format(&elem, "e4m3", 16);
         let sc = ScaleData::Bytes((0..n * k / 16).map(|i| (i % 0x7F) as u8).collect());
-        let ok = run_case(&elem, d, &fmt, &sc, e, &w, n, k, None, None, Fault::None);
+        let ok = run_case(
+            MMA_SCALE_LAYOUT_ID,
+            &elem,
+            d,
+            &fmt,
+            &sc,
+            e,
+            &w,
+            n,
+            k,
+            None,
+            None,
+            Fault::None,
+        );
         assert!(ok.is_ok(), "{ok:?}");
         // One piece shift changed (register 1: shift + 1).
         let mut pcs = pieces(mag_shift(&elem, d));
         pcs[1][0].shift += 1;
         let r = run_case(
+            MMA_SCALE_LAYOUT_ID,
             &elem,
             d,
             &fmt,
@@ -569,6 +556,7 @@ fn emulation_detects_faults() {
         assert!(r.is_err(), "{} {d:?}: wrong shift undetected", elem.name);
         // Fragment rows swapped.
         let r = run_case(
+            MMA_SCALE_LAYOUT_ID,
             &elem,
             d,
             &fmt,
@@ -585,6 +573,7 @@ fn emulation_detects_faults() {
         // exp_offset off by one (kernel and repacking disagree).
         for de in [-1, 1] {
             let r = run_case(
+                MMA_SCALE_LAYOUT_ID,
                 &elem,
                 d,
                 &fmt,
@@ -734,7 +723,7 @@ fn exponent_byte_scales_equal_the_reference_and_faults_are_detected() {
             let sc = ScaleData::Bytes(codes);
             let what = format!("{} group {group} exp_offset {e}", elem.name);
             let run = |kernel_exp: Option<i32>, fault: Fault| {
-                run_layout_case(
+                run_case(
                     exp, &elem, d, &fmt, &sc, e, &w, n, k, None, kernel_exp, fault,
                 )
             };
