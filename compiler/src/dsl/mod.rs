@@ -182,17 +182,13 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
             let v = budget::vgprs(t, k.format.group);
             for a in &k.targets {
                 let info = a.info();
-                // The xf32 route (gfx942) stages f32 activations: the plan's LDS, not the bf16 estimate.
-                let (lds, route) = if crate::plan::route(k, t, *a).xf32 {
-                    (budget::lds_bytes_f32(t), ", xf32 route")
-                } else if crate::plan::wgmma_route(k, t, *a) {
-                    // wgmma's core matrices need no row padding.
-                    (
-                        u64::from(t.stages) * u64::from(t.tile_m) * u64::from(t.tile_k) * 2,
-                        ", wgmma route",
-                    )
-                } else {
-                    (budget::lds_bytes(t), "")
+                // The plan's workgroup buffer, whose layout depends on the route (f32 rows on gfx942's xf32 route,
+                // unpadded core matrices on wgmma); the checker's bf16 estimate where the kernel does not plan.
+                let (lds, route) = match crate::plan::plan(k, *a) {
+                    Ok(p) if p.dequant.xf32 => (u64::from(p.lds_bytes), ", xf32 route"),
+                    Ok(p) if p.wgmma => (u64::from(p.lds_bytes), ", wgmma route"),
+                    Ok(p) => (u64::from(p.lds_bytes), ""),
+                    Err(_) => (budget::lds_bytes(t), ""),
                 };
                 let _ = writeln!(
                     s,
