@@ -792,4 +792,45 @@ fn cli_plan_explains_the_choice_and_names_the_route() {
     let (code, out, err) = run_cli(&["plan", "bench/kernels/decode.nib", "--target", "sm_90"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mma.sync"), "{out}");
+    // A target the kernel does not name is said to be one, not planned as infeasible.
+    let (code, out, err) = run_cli(&["plan", "docs/llama70b_auto.nib", "--target", "sm_90"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "kernel qkv: sm_90 is not one of its targets (gfx942, gfx90a); nothing to plan"
+        ),
+        "{out}"
+    );
+    assert!(!out.contains("no feasible tiling"), "{out}");
+    // NVIDIA decode: the measured tiling comes first and the explanation says so; prefill is the model's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nv_file = dir.path().join("llama70b_auto_nv.nib");
+    let src = std::fs::read_to_string("docs/llama70b_auto.nib").expect("reads");
+    std::fs::write(&nv_file, src.replace("gfx942, gfx90a", "gfx942, sm_90")).expect("writes");
+    let nv_path = nv_file.to_str().expect("utf-8 path");
+    for (m, want) in [
+        ("1", "8x32 x512 w1x2x4"),
+        ("16", " 16x32 x512 w1x2x4"),
+        ("4096", ""),
+    ] {
+        let (code, out, err) =
+            run_cli(&["plan", nv_path, "--m", m, "--target", "sm_90", "--explain"]);
+        assert_eq!(code, 0, "{err}");
+        let qkv = out.split("\nkernel ").next().expect("qkv first");
+        let first = qkv.lines().nth(2).expect("a first row");
+        let rule = "measured on the H100";
+        if want.is_empty() {
+            assert!(!out.contains(rule), "M = {m}: {out}");
+            assert!(out.contains("-bound; "), "M = {m}: {out}");
+        } else {
+            assert!(
+                first.contains(want) && first.ends_with(rule),
+                "M = {m}: {first}"
+            );
+            assert!(
+                qkv.contains("chosen: the first row, the NVIDIA decode tiling"),
+                "{qkv}"
+            );
+        }
+    }
 }

@@ -473,6 +473,45 @@ fn scale_storage_follows_the_scales_statement() {
 }
 
 #[test]
+fn schedule_auto_takes_the_measured_nvidia_decode_tilings() {
+    let plan = |n: u32, k: u32, m: u32, staging: &str| {
+        let src = format!(
+            "kernel k {{ target gfx942, sm_90; x bf16[M, {k}]; w mxfp4[{n}, {k}]; y bf16[M, {n}]; \
+             schedule auto m={m}; {staging} }}"
+        );
+        let kernels = check_file("k.nib", &src);
+        (
+            nibble_compiler::plan::plan(&kernels[0], Arch::Sm90).expect("plans"),
+            nibble_compiler::plan::plan(&kernels[0], Arch::Gfx942).expect("plans"),
+        )
+    };
+    // (N, K, M) -> (tile m, tile n, tile k, waves n, waves k) of the Llama-3-70B layers, with cp.async staging.
+    for ((n, k, m), want) in [
+        ((10240, 8192, 1), (8, 32, 512, 2, 4)),
+        ((8192, 8192, 1), (8, 32, 1024, 2, 8)),
+        ((57344, 8192, 8), (8, 32, 1024, 2, 8)),
+        ((8192, 28672, 1), (8, 32, 1024, 2, 8)),
+        ((10240, 8192, 16), (16, 32, 512, 2, 4)),
+        ((8192, 8192, 32), (16, 32, 1024, 2, 8)),
+    ] {
+        let (nv, amd) = plan(n, k, m, "");
+        let t = &nv.tiling;
+        let got = (t.tile_m, t.tile_n, t.tile_k, t.waves_n, t.waves_k);
+        assert_eq!(got, want, "{n}x{k} at M = {m}");
+        assert!(nv.async_x && nv.slice_sync, "{n}x{k} at M = {m}");
+        // The AMD plan of the same kernel is the cost model's (16 tokens: the MFMA's).
+        assert_eq!(amd.tiling.tile_m % 16, 0);
+        // `staging registers` still decides the staging.
+        let (nv, _) = plan(n, k, m, "staging registers");
+        assert_eq!(nv.tiling, *t);
+        assert!(!nv.async_x);
+    }
+    // Prefill: the cost model's tiling, register staging by default (no wgmma on sm_90).
+    let (nv, _) = plan(8192, 8192, 4096, "");
+    assert!(nv.tiling.tile_m >= 32 && nv.tiling.waves_k == 1 && !nv.async_x);
+}
+
+#[test]
 fn nvidia_plans_reject_what_they_cannot_apply_exactly() {
     let src = "format f32s { element e2m1; scale f32 per 32 }\n\
                kernel k { target sm_90; x bf16[M, 1024]; w f32s[256, 1024]; y bf16[M, 256]; \

@@ -49,6 +49,9 @@ pub struct Prediction {
     /// The MMA operand route the plan takes: `xf32` (gfx942), the activation type (`bf16`, `f16`) on the other
     /// AMD routes, `mma.sync` on NVIDIA.
     pub route: &'static str,
+    /// Ranked first because it is the NVIDIA decode tiling measured fastest (`plan::nvidia_decode_rule`), not by
+    /// its prediction.
+    pub rule: bool,
 }
 
 /// Roofline times for reference: the HBM time of the FP4 kernel's bytes and of bf16 weights (4x the weight bytes).
@@ -227,6 +230,7 @@ pub fn predict(
         } else {
             p.x.name()
         },
+        rule: false,
     })
 }
 
@@ -339,6 +343,20 @@ pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Predict
             .then(b.occupancy.cmp(&a.occupancy))
             .then(key(&b.tiling).cmp(&key(&a.tiling)))
     });
+    // NVIDIA decode: the tiling measured fastest on the H100 goes first whatever its prediction, since the model
+    // sees neither warps along K, nor cp.async staging, nor 8-token atoms.
+    if let Some((t, _)) = plan::nvidia_decode_rule(spec.n, spec.k, m, arch) {
+        let measured = if measure {
+            measure_tiling(spec, arch, t)
+        } else {
+            None
+        };
+        if let Some(mut p) = predict(spec, arch, m, t, measured) {
+            p.rule = true;
+            out.retain(|q| q.tiling != t);
+            out.insert(0, p);
+        }
+    }
     out
 }
 

@@ -12,7 +12,8 @@ use thiserror::Error;
 
 use crate::arch::Arch;
 use crate::driver::{self, CompileError, OutputError, Stage};
-use crate::spec::KernelSpec;
+use crate::plan;
+use crate::spec::{KernelSpec, Staging};
 
 /// The largest M a decode-shaped kernel serves; prefill-shaped kernels take larger M.
 pub const DECODE_MAX_M: u32 = 32;
@@ -55,37 +56,33 @@ pub struct GeneratedKernel {
 /// The largest M the 8-token NVIDIA decode kernel serves.
 pub const DECODE8_MAX_M: u32 = 8;
 
-/// The NVIDIA decode tiling for blocks of `tokens` (8 or 16) tokens, measured on the H100
-/// (docs/results/h100-session9/): 32 weight rows over 2 x 8 warps (8 along a 1024-K tile) with L1-cached cp.async
-/// staging, so the blocks an SM holds share the activation rows. Those 512-thread blocks fit two to an SM, so a
-/// grid of N / 32 blocks between two and four per SM (Llama-3-70B's QKV, 320 blocks on 132 SMs) runs a half-empty
-/// second wave: there 2 x 4 warps along a 512-K tile (QKV at M = 1 21.1 against 26.5 us, at M = 16 22.5 against
-/// 24.4). At M = 1 the 2 x 8 tiling measured O 17.1, gate/up 90.6, down 47.2 us against 17.9, 95.7, 52.7 for 2 x 4;
-/// for K above 8192 (down) without a 1024-K tile the 16 x N tiling (`fallback`: rows, warps along N, tile k) stays,
-/// as 2 x 4 warps measured slower there (session 7: 55.8/70.5 against 52.8/56.9 us at M = 1/16).
-fn nvidia_decode_tiling(
-    n: u32,
-    k: u32,
-    tokens: u32,
-    sms: &[u32],
-    fallback: (u32, u32, u32),
-) -> String {
-    let blocks = n / 32;
-    let tail = sms.iter().any(|s| 2 * s < blocks && blocks <= 4 * s);
-    let async_tiling = |tile_k: u32, waves_k: u32| {
-        format!(
-            "  tile   m={tokens} n=32 k={tile_k}\n  waves  m=1 n=2 k={waves_k}\n  mma    16x16x16\n  stages 2\n  \
-             staging async\n"
-        )
-    };
-    if k.is_multiple_of(1024) && !tail {
-        async_tiling(1024, 8)
-    } else if k.is_multiple_of(512) && k <= 8192 {
-        async_tiling(512, 4)
+/// The `.nib` lines of the NVIDIA decode tiling for M tokens (`plan::nvidia_decode_rule`, which depends on the SM
+/// count): where the targets' rules differ, the one with the shorter K tile (the one that leaves no half-empty wave).
+fn nvidia_decode_text(n: u32, k: u32, m: u32, targets: &[Arch]) -> Option<String> {
+    let (t, staging) = targets
+        .iter()
+        .filter_map(|a| plan::nvidia_decode_rule(n, k, m, *a))
+        .min_by_key(|(t, _)| t.tile_k)?;
+    let waves_k = if t.waves_k > 1 {
+        format!(" k={}", t.waves_k)
     } else {
-        let (dn, dw, tile_k) = fallback;
-        format!("  tile   m={tokens} n={dn} k={tile_k}\n  waves  m=1 n={dw}\n  mma    16x16x16\n  stages 2\n")
-    }
+        String::new()
+    };
+    let staging = if staging == Staging::Async {
+        "  staging async\n"
+    } else {
+        ""
+    };
+    Some(format!(
+        "  tile   m={} n={} k={}\n  waves  m={} n={}{waves_k}\n  mma    {}\n  stages {}\n{staging}",
+        t.tile_m,
+        t.tile_n,
+        t.tile_k,
+        t.waves_m,
+        t.waves_n,
+        t.mma.name(),
+        t.stages
+    ))
 }
 
 fn largest_dividing(n: u32, candidates: &[u32]) -> Option<u32> {
@@ -99,8 +96,9 @@ pub fn kernels_for(
     targets: &[Arch],
 ) -> Result<Vec<GeneratedKernel>, String> {
     let (n, k) = (shape.n, shape.k);
-    let tile_k = largest_dividing(k, &[256, 128])
-        .ok_or_else(|| format!("K = {k} is not a multiple of 128"))?;
+    if !k.is_multiple_of(128) {
+        return Err(format!("K = {k} is not a multiple of 128"));
+    }
     let base = format!("l{n}x{k}{}", if shape.bias.is_some() { "_b" } else { "" });
     let tensors = format!(
         "  x      bf16[M, {k}]\n  w      {format}[{n}, {k}]\n  y      bf16[M, {n}]\n{}",
@@ -116,10 +114,11 @@ pub fn kernels_for(
     let mut out = vec![];
     // Decode: AMD targets take `schedule auto` (the cost model's tiling and split for each arch, which on gfx942
     // meets the VALU target of the Llama-3-70B layers, docs/PERFORMANCE.md); NVIDIA the tilings measured on the H100
-    // (`nvidia_decode_tiling`), with 8 tokens per block for M <= 8 besides the 16-token kernel.
-    let dn = largest_dividing(n, &[128, 64, 32])
-        .ok_or_else(|| format!("N = {n} is not a multiple of 32"))?;
-    let dw = (dn / 32).clamp(1, 4);
+    // (`plan::nvidia_decode_rule`, which `schedule auto` takes too), with 8 tokens per block for M <= 8 besides the
+    // 16-token kernel.
+    if !n.is_multiple_of(32) {
+        return Err(format!("N = {n} is not a multiple of 32"));
+    }
     // Prefill differs by vendor: AMD takes 64-row tiles on the 32x32x8 atom over a 2x2 wave grid; NVIDIA one warp
     // along M with 80 tokens each (a 2x2 grid dequantizes every weight word twice: 25% slower on the H100).
     let amd: Vec<&str> = targets
@@ -132,11 +131,7 @@ pub fn kernels_for(
         .filter(|a| a.is_nvidia())
         .map(|a| a.name())
         .collect();
-    let nv_sms: Vec<u32> = targets
-        .iter()
-        .filter(|a| a.is_nvidia())
-        .map(|a| a.info().cus)
-        .collect();
+    let nv_archs: Vec<Arch> = targets.iter().copied().filter(|a| a.is_nvidia()).collect();
     for (archs, suffix, nvidia) in [
         (&amd, "", false),
         (&nv, if amd.is_empty() { "" } else { "_nv" }, true),
@@ -149,7 +144,8 @@ pub fn kernels_for(
         if nvidia {
             // The bundle picks the kernel with the smallest token tile whose M range holds M.
             let decode8 = format!("{base}_decode8{suffix}");
-            let tiling = nvidia_decode_tiling(n, k, 8, &nv_sms, (dn, dw, tile_k));
+            let tiling = nvidia_decode_text(n, k, DECODE8_MAX_M, &nv_archs)
+                .ok_or_else(|| format!("no NVIDIA decode tiling for N = {n}, K = {k}"))?;
             out.push(GeneratedKernel {
                 name: decode8.clone(),
                 source: format!(
@@ -159,7 +155,8 @@ pub fn kernels_for(
             });
         }
         let schedule = if nvidia {
-            nvidia_decode_tiling(n, k, 16, &nv_sms, (dn, dw, tile_k))
+            nvidia_decode_text(n, k, 16, &nv_archs)
+                .ok_or_else(|| format!("no NVIDIA decode tiling for N = {n}, K = {k}"))?
         } else {
             "  schedule auto\n".to_string()
         };

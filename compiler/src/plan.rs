@@ -187,6 +187,62 @@ pub struct Plan {
 /// The tiling `schedule auto` picks: the cost model's best candidate at the schedule's M (`schedule auto m=N`,
 /// `costmodel::AUTO_M` otherwise), from estimates only (compiling every candidate is `nibble plan --explain
 /// --measure`). Falls back to a fixed decode tiling when no candidate fits (the plan then explains what does not).
+/// The largest M the measured NVIDIA decode tilings (`nvidia_decode_rule`) are for.
+pub const NV_DECODE_MAX_M: u32 = 32;
+
+/// The NVIDIA decode tiling measured fastest on the H100 for N x K at M <= 32 tokens, with its activation staging
+/// (docs/results/h100-session9/): blocks of 8 tokens up to M = 8 (the m16n8k16 atom's; 16 above), 32 weight rows over
+/// 2 x 8 warps (8 along a 1024-K tile) with L1-cached `cp.async` staging, so the blocks an SM holds share the
+/// activation rows. Those 512-thread blocks fit two to an SM, so a grid of N / 32 blocks between two and four per SM
+/// (Llama-3-70B's QKV, 320 blocks on 132 SMs) would run a half-empty second wave: there 2 x 4 warps along a 512-K
+/// tile (QKV at M = 1 21.1 against 26.5 us, at M = 16 22.5 against 24.4). At M = 1 the 2 x 8 tiling measured O
+/// 17.1, gate/up 90.6, down 47.2 us against 17.9, 95.7, 52.7 for 2 x 4. For K above 8192 without a 1024-K tile, 2 x 4
+/// warps measured slower (session 7: 55.8/70.5 against 52.8/56.9 us at M = 1/16 on the down projection), so a tile
+/// of up to 128 rows over warps along N with register staging. None for AMD targets, larger M, or N not a multiple
+/// of 32: the cost model decides there. The cost model ranks this tiling first (`costmodel::rank`), since it does not
+/// model warps along K, `cp.async` staging or 8-token atoms.
+pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling, Staging)> {
+    if !arch.is_nvidia()
+        || m == 0
+        || m > NV_DECODE_MAX_M
+        || !n.is_multiple_of(32)
+        || !k.is_multiple_of(128)
+    {
+        return None;
+    }
+    let tokens = if m <= NV_ATOM_TOKENS {
+        NV_ATOM_TOKENS
+    } else {
+        16
+    };
+    let tiling = |tile_n: u32, tile_k: u32, waves_n: u32, waves_k: u32| Tiling {
+        tile_m: tokens,
+        tile_n,
+        tile_k,
+        waves_m: 1,
+        waves_n,
+        waves_k,
+        mma: MmaAtom::M16N16K16,
+        stages: 2,
+        split_k: None,
+    };
+    let blocks = n / 32;
+    let sms = arch.info().cus;
+    let tail = 2 * sms < blocks && blocks <= 4 * sms;
+    if k.is_multiple_of(1024) && !tail {
+        return Some((tiling(32, 1024, 2, 8), Staging::Async));
+    }
+    if k.is_multiple_of(512) && k <= 8192 {
+        return Some((tiling(32, 512, 2, 4), Staging::Async));
+    }
+    let tile_n = [128, 64, 32].into_iter().find(|c| n.is_multiple_of(*c))?;
+    let tile_k = if k.is_multiple_of(256) { 256 } else { 128 };
+    Some((
+        tiling(tile_n, tile_k, (tile_n / 32).clamp(1, 4), 1),
+        Staging::Registers,
+    ))
+}
+
 pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
     crate::costmodel::rank(spec, arch, spec.auto_m(), false)
         .first()
@@ -343,7 +399,15 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     // CUDA gives a block 48 KiB of static shared memory; more is dynamic, opted into at load time.
     let dynamic_lds = nvidia && lds_bytes > NV_STATIC_SMEM_BYTES;
 
-    let async_x = nvidia && t.stages >= 2 && spec.staging.map_or(wgmma, |s| s == Staging::Async);
+    // `schedule auto` on an NVIDIA decode shape takes the measured tiling with its staging.
+    let rule_async = matches!(spec.schedule, Schedule::Auto { .. })
+        && nvidia_decode_rule(spec.n, spec.k, spec.auto_m(), arch)
+            .is_some_and(|(rt, st)| rt == t && st == Staging::Async);
+    let async_x = nvidia
+        && t.stages >= 2
+        && spec
+            .staging
+            .map_or(wgmma || rule_async, |s| s == Staging::Async);
 
     let k_iters = spec.k / t.tile_k;
     let split_k = match t.split_k {

@@ -18,7 +18,7 @@ pub(super) fn plan_cmd(
     let row = |p: &costmodel::Prediction| {
         let t = &p.tiling;
         format!(
-            "{:>3}x{:<3}x{:<3} w{} {:<8} {:>5} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}",
+            "{:>3}x{:<3}x{:<3} w{} {:<8} {:>5} {:>6} {:>4} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>6.3}  {:<8}{}{}",
             t.tile_m,
             t.tile_n,
             t.tile_k,
@@ -34,7 +34,8 @@ pub(super) fn plan_cmd(
             p.predicted_us,
             p.valu_per_element,
             p.route,
-            if p.measured { " measured" } else { "" }
+            if p.measured { " measured" } else { "" },
+            if p.rule { " measured on the H100" } else { "" }
         )
         .trim_end()
         .to_string()
@@ -48,6 +49,17 @@ pub(super) fn plan_cmd(
             targets.to_vec()
         };
         for arch in archs {
+            if !k.targets.contains(&arch) {
+                let names: Vec<&str> = k.targets.iter().map(|a| a.name()).collect();
+                let _ = writeln!(
+                    out,
+                    "kernel {}: {} is not one of its targets ({}); nothing to plan",
+                    k.name,
+                    arch.name(),
+                    names.join(", ")
+                );
+                continue;
+            }
             let (fp4, bf16) = costmodel::rooflines(k, arch, m);
             let _ = writeln!(
                 out,
@@ -77,7 +89,16 @@ pub(super) fn plan_cmd(
             for p in &ranked[..shown] {
                 let _ = writeln!(out, "  {}", row(p));
             }
-            if explain && ranked.len() > 1 {
+            if explain && best.rule {
+                let _ = writeln!(
+                    out,
+                    "  chosen: the first row, the NVIDIA decode tiling measured fastest on the H100 (warps along K with \
+                     cp.async staging, 8 tokens per block up to M = 8; docs/PERFORMANCE.md), first whatever its \
+                     prediction since the model sees none of these; {} candidates considered ({} shown)",
+                    ranked.len(),
+                    shown
+                );
+            } else if explain && ranked.len() > 1 {
                 let bound = if best.memory_us >= best.valu_us.max(best.mfma_us) {
                     "memory"
                 } else if best.valu_us >= best.mfma_us {
