@@ -116,13 +116,18 @@ pub(super) fn tune_cmd(
             let _ = writeln!(stdout, "{}: has an explicit tiling, not tuned", k.name);
             continue;
         }
-        let mut best: Option<(f64, crate::spec::Tiling)> = None;
+        let mut best: Option<(f64, crate::spec::Tiling, Option<crate::spec::Staging>)> = None;
         for p in crate::costmodel::rank(k, arch, m, false)
             .into_iter()
             .take(top)
         {
             let mut spec = k.clone();
             spec.schedule = Schedule::Manual(p.tiling);
+            // The NVIDIA decode rule's tiling comes with its staging, as `schedule auto` would plan it.
+            if p.rule && spec.staging.is_none() {
+                spec.staging =
+                    crate::plan::nvidia_decode_rule(k.n, k.k, m, arch).map(|(_, staging)| staging);
+            }
             let out = driver::compile_kernel(&spec, arch, &Default::default())
                 .map_err(|e| e.to_string())?;
             let bundle = crate::run::Bundle {
@@ -157,15 +162,16 @@ pub(super) fn tune_cmd(
                 p.tiling.mma.name(),
                 p.predicted_us
             );
-            if best.is_none_or(|(b, _)| us < b) {
-                best = Some((us, p.tiling));
+            if best.is_none_or(|(b, _, _)| us < b) {
+                best = Some((us, p.tiling, spec.staging));
             }
         }
-        let Some((us, tiling)) = best else {
+        let Some((us, tiling, staging)) = best else {
             continue;
         };
         let mut spec = k.clone();
         spec.schedule = Schedule::Manual(tiling);
+        spec.staging = staging;
         let w = driver::compile_one_to_dir(&spec, arch, out_dir, &Default::default(), None)
             .map_err(|e| e.to_string())?;
         let _ = writeln!(
