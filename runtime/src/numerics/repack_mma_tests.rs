@@ -521,58 +521,8 @@ fn emulation_detects_faults() {
     for (elem, d, e) in elements() {
         let fmt = format(&elem, "e4m3", 16);
         let sc = ScaleData::Bytes((0..n * k / 16).map(|i| (i % 0x7F) as u8).collect());
-        let ok = run_case(
-            MMA_SCALE_LAYOUT_ID,
-            &elem,
-            d,
-            &fmt,
-            &sc,
-            e,
-            &w,
-            n,
-            k,
-            None,
-            None,
-            Fault::None,
-        );
-        assert!(ok.is_ok(), "{ok:?}");
-        // One piece shift changed (register 1: shift + 1).
-        let mut pcs = pieces(mag_shift(&elem, d));
-        pcs[1][0].shift += 1;
-        let r = run_case(
-            MMA_SCALE_LAYOUT_ID,
-            &elem,
-            d,
-            &fmt,
-            &sc,
-            e,
-            &w,
-            n,
-            k,
-            Some(pcs),
-            None,
-            Fault::None,
-        );
-        assert!(r.is_err(), "{} {d:?}: wrong shift undetected", elem.name);
-        // Fragment rows swapped.
-        let r = run_case(
-            MMA_SCALE_LAYOUT_ID,
-            &elem,
-            d,
-            &fmt,
-            &sc,
-            e,
-            &w,
-            n,
-            k,
-            None,
-            None,
-            Fault::SwapRows,
-        );
-        assert!(r.is_err(), "{} {d:?}: swapped rows undetected", elem.name);
-        // exp_offset off by one (kernel and repacking disagree).
-        for de in [-1, 1] {
-            let r = run_case(
+        let case = |kernel_pieces, kernel_exp, fault| {
+            run_case(
                 MMA_SCALE_LAYOUT_ID,
                 &elem,
                 d,
@@ -582,10 +532,24 @@ fn emulation_detects_faults() {
                 &w,
                 n,
                 k,
-                None,
-                Some(e + de),
-                Fault::None,
-            );
+                kernel_pieces,
+                kernel_exp,
+                fault,
+            )
+        };
+        let ok = case(None, None, Fault::None);
+        assert!(ok.is_ok(), "{ok:?}");
+        // One piece shift changed (register 1: shift + 1).
+        let mut pcs = pieces(mag_shift(&elem, d));
+        pcs[1][0].shift += 1;
+        let r = case(Some(pcs), None, Fault::None);
+        assert!(r.is_err(), "{} {d:?}: wrong shift undetected", elem.name);
+        // Fragment rows swapped.
+        let r = case(None, None, Fault::SwapRows);
+        assert!(r.is_err(), "{} {d:?}: swapped rows undetected", elem.name);
+        // exp_offset off by one (kernel and repacking disagree).
+        for de in [-1, 1] {
+            let r = case(None, Some(e + de), Fault::None);
             assert!(
                 r.is_err(),
                 "{} {d:?}: exp_offset {de:+} undetected",
