@@ -372,6 +372,29 @@ fn compile_model_builds_a_bundle_the_runtime_loads_and_runs() {
         .expect("prefill kernel");
     assert_eq!(prefill.manifest.tiling.mma, "32x32x8");
 
+    // For an NVIDIA target the same checkpoint gets an 8-token decode kernel per shape besides the 16-token one and
+    // the prefill kernel; the bundle loads and picks the 8-token kernel up to M = 8.
+    let out_nv = dir.path().join("bundle_nv");
+    let args: Vec<OsString> = ["nibble", "compile-model"]
+        .iter()
+        .map(OsString::from)
+        .chain([ckpt_dir.clone().into_os_string()])
+        .chain(["--target", "sm_90", "-o"].iter().map(OsString::from))
+        .chain([out_nv.clone().into_os_string()])
+        .collect();
+    let (mut so, mut se) = (Vec::new(), Vec::new());
+    let code = nibble_compiler::cli::run(args, &mut so, &mut se);
+    let (so, se) = (String::from_utf8_lossy(&so), String::from_utf8_lossy(&se));
+    assert_eq!(code, 0, "{so}{se}");
+    assert!(so.contains("wrote 12 kernels"), "{so}");
+    let nv = KernelBundle::load(&out_nv).expect("the NVIDIA bundle loads");
+    for (m, tile_m) in [(1, 8), (8, 8), (9, 16), (32, 16)] {
+        let k = nv
+            .select(512, 128, QuantScheme::Mxfp4, "sm_90", m)
+            .expect("decode kernel");
+        assert_eq!(k.manifest.tiling.tile_m, tile_m, "M = {m}");
+    }
+
     // The CPU reference backend and the interpreter running the selected kernel agree within the bound.
     let prefix = "model.layers.1.mlp.up_proj";
     let lin = QuantLinear::from_checkpoint(CpuReference, &bundle, &ckpt, prefix, "gfx942")
