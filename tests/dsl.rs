@@ -792,14 +792,15 @@ fn cli_plan_explains_the_choice_and_names_the_route() {
     let (code, out, err) = run_cli(&["plan", "bench/kernels/decode.nib", "--target", "sm_90"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mma.sync"), "{out}");
-    // A target the kernel does not name is said to be one, not planned as infeasible.
+    // A target the kernel does not list is refused as `compile` refuses it, not planned as infeasible.
     let (code, out, err) = run_cli(&["plan", "docs/llama70b_auto.nib", "--target", "sm_90"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains(
-            "kernel qkv: sm_90 is not one of its targets (gfx942, gfx90a); nothing to plan"
+        err.contains(
+            "error: kernel `qkv` does not list target sm_90 (its targets: gfx942, gfx90a); add it to the \
+             kernel's `target` line"
         ),
-        "{out}"
+        "{err}"
     );
     assert!(!out.contains("no feasible tiling"), "{out}");
     // NVIDIA decode: the measured tiling comes first and the explanation says so; prefill is the model's.

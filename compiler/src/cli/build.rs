@@ -160,21 +160,9 @@ pub(super) fn compile(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> i32 {
-    // A kernel's schedule was checked against its own target list only.
-    for k in &checked.kernels {
-        for t in targets {
-            if !k.targets.contains(t) {
-                let listed: Vec<&str> = k.targets.iter().map(|a| a.name()).collect();
-                let _ = writeln!(
-                    stderr,
-                    "error: kernel `{}` does not list target {} (its targets: {}); add it to the kernel's `target` line",
-                    k.name,
-                    t.name(),
-                    listed.join(", ")
-                );
-                return 1;
-            }
-        }
+    if let Some(e) = super::unlisted_target(checked, targets) {
+        let _ = writeln!(stderr, "error: {e}");
+        return 1;
     }
     let emit: std::collections::BTreeSet<Stage> =
         emit.iter().filter_map(|s| Stage::from_name(s)).collect();

@@ -193,6 +193,24 @@ pub enum Command {
     },
 }
 
+/// The error for a `--target` that one of the file's kernels does not list: a kernel's schedule and budgets were
+/// checked against its own target list only.
+fn unlisted_target(checked: &CheckedFile, targets: &[Arch]) -> Option<String> {
+    let (k, t) = checked.kernels.iter().find_map(|k| {
+        targets
+            .iter()
+            .find(|t| !k.targets.contains(t))
+            .map(|t| (k, t))
+    })?;
+    let listed: Vec<&str> = k.targets.iter().map(|a| a.name()).collect();
+    Some(format!(
+        "kernel `{}` does not list target {} (its targets: {}); add it to the kernel's `target` line",
+        k.name,
+        t.name(),
+        listed.join(", ")
+    ))
+}
+
 fn parse_m_range(s: &str) -> Result<(u32, u32), String> {
     let bad = || format!("`{s}` is not an M range: write LO..HI with 1 <= LO <= HI, e.g. 1..16");
     let (lo, hi) = s.split_once("..").ok_or_else(bad)?;
@@ -329,6 +347,10 @@ pub fn run(
             let Some(checked) = front_end(&file, stderr) else {
                 return 1;
             };
+            if let Some(e) = unlisted_target(&checked, &target) {
+                let _ = writeln!(stderr, "error: {e}");
+                return 1;
+            }
             plan_cmd(&checked, &target, m, explain, measure, stdout)
         }
         Command::Quantize {
