@@ -54,6 +54,17 @@ pub struct ArchInfo {
 
 const ATOMS: &[MmaAtom] = &[MmaAtom::M16N16K16, MmaAtom::M32N32K8];
 
+impl ArchInfo {
+    /// The tokens (rows of x) one MMA atom covers, which a wave's token tile must be a whole number of: the DSL
+    /// atom's M on AMD; 8 on NVIDIA, whose m16n8k16 takes the weights as A and 8 tokens as B.
+    pub fn token_unit(&self, atom: MmaAtom) -> u32 {
+        match self.vendor {
+            Vendor::Nvidia => 8,
+            Vendor::Amd => atom.m(),
+        }
+    }
+}
+
 /// H100 (sm_90), also the base of sm_90a.
 const SM90: ArchInfo = ArchInfo {
     arch: Arch::Sm90,

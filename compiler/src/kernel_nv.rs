@@ -31,16 +31,20 @@ pub fn scale_elements(p: &Plan) -> u64 {
     u64::from(p.n / NV_ATOM_ROWS) * u64::from(p.k / NV_CHUNK_K) * 8 * slots * 2
 }
 
-pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
-    let scale_elem = if p.scale_exp_bytes() {
+/// The element type of the scale buffer: exponent bytes, or 16-bit values of the operand type.
+fn scale_elem<'c>(e: &Emitter<'c, '_>, p: &Plan) -> melior::ir::Type<'c> {
+    if p.scale_exp_bytes() {
         e.int(8)
     } else {
         dtype(e, p.x)
-    };
+    }
+}
+
+pub fn build_kernel<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
     build_gpu_func(
         e,
         p,
-        scale_elem,
+        scale_elem(e, p),
         scale_elements(p),
         u64::from(p.lds_elems),
         |e, a| body(e, p, a),
@@ -319,8 +323,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
     }
     let wvec = e.vector(u64::from(wpl), i32t);
     let exp_scales = p.scale_exp_bytes();
-    let (selem, sbytes) = if exp_scales { (e.int(8), 1) } else { (xt, 2) };
-    let svec = e.vector(u64::from(svals), selem);
+    let sbytes = if exp_scales { 1 } else { 2 };
+    let svec = e.vector(u64::from(svals), scale_elem(e, p));
     let load_w = |e: &Emitter<'c, 'b>, kt: Value<'c, 'b>| -> Result<Vec<Value<'c, 'b>>, IrError> {
         let mut out = vec![];
         let first = e.muli(kt, c(p.wchunks_per_iter * t.waves_k * WARP * wpl)?)?;

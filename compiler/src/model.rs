@@ -126,12 +126,8 @@ pub fn kernels_for(
         .filter(|a| !a.is_nvidia())
         .map(|a| a.name())
         .collect();
-    let nv: Vec<&str> = targets
-        .iter()
-        .filter(|a| a.is_nvidia())
-        .map(|a| a.name())
-        .collect();
     let nv_archs: Vec<Arch> = targets.iter().copied().filter(|a| a.is_nvidia()).collect();
+    let nv: Vec<&str> = nv_archs.iter().map(|a| a.name()).collect();
     for (archs, suffix, nvidia) in [
         (&amd, "", false),
         (&nv, if amd.is_empty() { "" } else { "_nv" }, true),
@@ -141,11 +137,14 @@ pub fn kernels_for(
         }
         let targets = archs.join(", ");
         let decode = format!("{base}_decode{suffix}");
+        let nv_tiling = |m: u32| {
+            nvidia_decode_text(n, k, m, &nv_archs)
+                .ok_or_else(|| format!("no NVIDIA decode tiling for N = {n}, K = {k}"))
+        };
         if nvidia {
             // The bundle picks the kernel with the smallest token tile whose M range holds M.
             let decode8 = format!("{base}_decode8{suffix}");
-            let tiling = nvidia_decode_text(n, k, DECODE8_MAX_M, &nv_archs)
-                .ok_or_else(|| format!("no NVIDIA decode tiling for N = {n}, K = {k}"))?;
+            let tiling = nv_tiling(DECODE8_MAX_M)?;
             out.push(GeneratedKernel {
                 name: decode8.clone(),
                 source: format!(
@@ -155,8 +154,7 @@ pub fn kernels_for(
             });
         }
         let schedule = if nvidia {
-            nvidia_decode_text(n, k, 16, &nv_archs)
-                .ok_or_else(|| format!("no NVIDIA decode tiling for N = {n}, K = {k}"))?
+            nv_tiling(DECODE_MAX_M)?
         } else {
             "  schedule auto\n".to_string()
         };

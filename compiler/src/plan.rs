@@ -10,7 +10,7 @@ use nibble_runtime::numerics::repack::{MMA_SCALE_EXP_LAYOUT_ID, MMA_SCALE_LAYOUT
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::arch::{Arch, Vendor};
+use crate::arch::Arch;
 use crate::spec::{
     DType, FormatSpec, KernelSpec, MmaAtom, ScaleStorage, ScaleType, Schedule, Staging, Tiling,
 };
@@ -184,9 +184,6 @@ pub struct Plan {
     pub source_hash: String,
 }
 
-/// The tiling `schedule auto` picks: the cost model's best candidate at the schedule's M (`schedule auto m=N`,
-/// `costmodel::AUTO_M` otherwise), from estimates only (compiling every candidate is `nibble plan --explain
-/// --measure`). Falls back to a fixed decode tiling when no candidate fits (the plan then explains what does not).
 /// The largest M the measured NVIDIA decode tilings (`nvidia_decode_rule`) are for.
 pub const NV_DECODE_MAX_M: u32 = 32;
 
@@ -243,6 +240,10 @@ pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling,
     ))
 }
 
+/// The tiling `schedule auto` picks: the cost model's first candidate at the schedule's M (`schedule auto m=N`,
+/// `costmodel::AUTO_M` otherwise), which on NVIDIA decode shapes is `nvidia_decode_rule`'s tiling; from estimates
+/// only (compiling every candidate is `nibble plan --explain --measure`). Falls back to a fixed decode tiling when
+/// no candidate fits (the plan then explains what does not).
 pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
     crate::costmodel::rank(spec, arch, spec.auto_m(), false)
         .first()
@@ -289,12 +290,9 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
             t.tile_m, t.tile_n, t.tile_k, spec.n, spec.k
         )));
     }
-    // NVIDIA's MMA atom takes 8 tokens (m16n8k16 with the weights as A), so token tiles there are whole 8s.
-    let token_unit = match arch.info().vendor {
-        Vendor::Nvidia => NV_ATOM_TOKENS,
-        Vendor::Amd => atom.m(),
-    };
-    if !t.tile_m.is_multiple_of(t.waves_m * token_unit)
+    if !t
+        .tile_m
+        .is_multiple_of(t.waves_m * arch.info().token_unit(atom))
         || !t.tile_n.is_multiple_of(t.waves_n * atom.n())
         || t.waves_k == 0
         || !t.tile_k.is_multiple_of(t.waves_k * 128)

@@ -1301,10 +1301,12 @@ impl Checker<'_> {
                 .help(help),
             );
         }
-        // NVIDIA's MMA atom (m16n8k16, weights as A) takes 8 tokens: a kernel for NVIDIA targets only may tile M
-        // in 8s.
-        let all_nvidia = !infos.is_empty() && infos.iter().all(|i| i.vendor == Vendor::Nvidia);
-        let atom_m = if all_nvidia { 8 } else { mma.m() };
+        // A kernel for NVIDIA targets only may tile M in 8s (`ArchInfo::token_unit`); any AMD target asks for 16.
+        let atom_m = infos
+            .iter()
+            .map(|i| i.token_unit(mma))
+            .max()
+            .unwrap_or(mma.m());
         let unit_m = u64::from(t.waves_m) * u64::from(atom_m);
         let unit_n = u64::from(t.waves_n) * u64::from(mma.n());
         let mut atoms_ok = true;
