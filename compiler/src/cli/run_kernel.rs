@@ -159,20 +159,16 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
             }
         }
     }
-    let y_dtype = DType::parse(&m.shapes.y_dtype).ok_or_else(|| {
-        format!(
-            "{}: y dtype {:?} is not bf16 or f16",
-            args.manifest.display(),
-            m.shapes.y_dtype
-        )
-    })?;
-    let x_dtype = DType::parse(&m.shapes.x_dtype).ok_or_else(|| {
-        format!(
-            "{}: x dtype {:?} is not bf16 or f16",
-            args.manifest.display(),
-            m.shapes.x_dtype
-        )
-    })?;
+    let dtype = |which: &str, name: &str| {
+        DType::parse(name).ok_or_else(|| {
+            format!(
+                "{}: {which} dtype {name:?} is not bf16 or f16",
+                args.manifest.display()
+            )
+        })
+    };
+    let y_dtype = dtype("y", &m.shapes.y_dtype)?;
+    let x_dtype = dtype("x", &m.shapes.x_dtype)?;
     let inputs = match args.inputs {
         Inputs::File(path) => {
             let file = TensorFile::open(path).map_err(|e| e.to_string())?;
