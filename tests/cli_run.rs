@@ -902,6 +902,48 @@ fn cuda_device_paths_fail_with_one_line_without_an_nvidia_gpu() {
         "cuda".into(),
     ]);
     assert_error(&bench, "no NVIDIA GPU: ", &y);
+    // `bench` reads every manifest and checks --m before it looks for a device.
+    let missing = dir.path().join("missing.sm_90.json");
+    let two = nibble(&[
+        OsString::from("bench"),
+        mpath.clone().into(),
+        missing.into(),
+        "--device".into(),
+        "cuda".into(),
+        "--m".into(),
+        "1,16".into(),
+    ]);
+    assert_error(&two, "missing.sm_90.json", &y);
+    let zero = nibble(&[
+        OsString::from("bench"),
+        mpath.clone().into(),
+        "--device".into(),
+        "cuda".into(),
+        "--m".into(),
+        "16,0".into(),
+    ]);
+    assert_error(&zero, "--m 0: M is at least 1", &y);
+    // A GPU run needs the manifest and the code object, not the kernel IR: a copy without it gets as far as the
+    // device.
+    let bare = dir.path().join("bare");
+    std::fs::create_dir(&bare).expect("mkdir");
+    for ext in ["json", "ptx"] {
+        let from = mpath.with_extension(ext);
+        std::fs::copy(&from, bare.join(from.file_name().expect("name"))).expect("copy");
+    }
+    let bare_manifest = bare.join(mpath.file_name().expect("name"));
+    for cmd in ["run", "bench"] {
+        let mut args = vec![
+            OsString::from(cmd),
+            bare_manifest.clone().into(),
+            "--device".into(),
+            "cuda".into(),
+        ];
+        if cmd == "run" {
+            args.extend(["--random".into(), "2".into()]);
+        }
+        assert_error(&nibble(&args), "no NVIDIA GPU: ", &y);
+    }
     let tune = nibble(&[
         "tune",
         "dsl-examples/auto.nib",

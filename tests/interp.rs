@@ -1189,7 +1189,7 @@ fn no_example_kernel_has_lds_bank_conflicts() {
             let b = Bundle {
                 manifest_path: "mem".into(),
                 manifest: out.manifest,
-                kernel_ir: out.kernel_ir,
+                kernel_ir: Some(out.kernel_ir),
             };
             let inp = random_inputs(&b.manifest, t.tile_m, 1).expect("inputs");
             let r = run_interpreted(&b, &inp, &Default::default()).expect("runs");

@@ -202,7 +202,7 @@ fn bundle(spec: &KernelSpec, arch: Arch) -> Bundle {
     Bundle {
         manifest_path: "in-memory.json".into(),
         manifest: out.manifest,
-        kernel_ir: out.kernel_ir,
+        kernel_ir: Some(out.kernel_ir),
     }
 }
 
@@ -690,11 +690,12 @@ fn k_wave_variants_pass_and_a_missing_slice_is_detected() {
             let full = cut.manifest.launch.block[0];
             cut.manifest.launch.block[0] = full / waves_k;
             let known = format!("known_block_size = array<i32: {full}, 1, 1>");
-            assert!(cut.kernel_ir.contains(&known), "{what}: {known}");
-            cut.kernel_ir = cut.kernel_ir.replace(
+            let ir = cut.kernel_ir.take().expect("bundle() loads the kernel IR");
+            assert!(ir.contains(&known), "{what}: {known}");
+            cut.kernel_ir = Some(ir.replace(
                 &known,
                 &format!("known_block_size = array<i32: {}, 1, 1>", full / waves_k),
-            );
+            ));
             let inp = inputs(&spec, tile_m, Data::Quantized, &mut rng);
             // Either the comparison fails or the interpreter stops on what the missing waves left unwritten (the
             // xf32 MFMA rejects the NaN pattern of LDS nobody staged).

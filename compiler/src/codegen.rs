@@ -211,7 +211,7 @@ fn link(object: &[u8]) -> Result<Vec<u8>, CodegenError> {
         .output()
         .map_err(|e| {
             CodegenError::Link(format!(
-                "cannot run {}: {e} (install lld-22 or set NIBBLE_LLD)",
+                "cannot run {}: {e} (AMD code objects are linked with it: install lld-22 or set NIBBLE_LLD; sm_* targets need no linker, e.g. --target sm_90)",
                 lld.display()
             ))
         })?;

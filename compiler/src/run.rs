@@ -22,7 +22,7 @@ pub enum RunError {
     },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("{path}: the kernel IR does not parse as MLIR")]
+    #[error("{path}: the kernel IR was not loaded or does not parse as MLIR")]
     KernelIr { path: String },
     #[error("input `{name}`: {message}")]
     Input { name: String, message: String },
@@ -36,25 +36,35 @@ pub enum RunError {
 pub struct Bundle {
     pub manifest_path: PathBuf,
     pub manifest: Manifest,
-    pub kernel_ir: String,
+    /// The kernel IR, which only the interpreter executes: `None` when loaded for a GPU ([`Bundle::load_manifest`]).
+    pub kernel_ir: Option<String>,
+}
+
+fn read_text(p: &Path) -> Result<String, RunError> {
+    std::fs::read_to_string(p).map_err(|source| RunError::Io {
+        path: p.display().to_string(),
+        source,
+    })
 }
 
 impl Bundle {
+    /// The manifest and the kernel IR it names (what the interpreter runs).
     pub fn load(manifest_path: &Path) -> Result<Bundle, RunError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|source| RunError::Io {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        let text = read(manifest_path)?;
-        let manifest = Manifest::from_json(&manifest_path.display().to_string(), &text)?;
+        let mut b = Bundle::load_manifest(manifest_path)?;
         let dir = manifest_path.parent().unwrap_or(Path::new("."));
-        let kernel_ir = read(&dir.join(&manifest.kernel_ir))?;
+        b.kernel_ir = Some(read_text(&dir.join(&b.manifest.kernel_ir))?);
+        Ok(b)
+    }
+
+    /// The manifest alone: a GPU run needs it and the code object, not the kernel IR (a directory copied to a GPU
+    /// machine may hold only `<kernel>.<arch>.{json,ptx|hsaco}`).
+    pub fn load_manifest(manifest_path: &Path) -> Result<Bundle, RunError> {
+        let text = read_text(manifest_path)?;
+        let manifest = Manifest::from_json(&manifest_path.display().to_string(), &text)?;
         Ok(Bundle {
             manifest_path: manifest_path.to_path_buf(),
             manifest,
-            kernel_ir,
+            kernel_ir: None,
         })
     }
 }
@@ -216,8 +226,11 @@ pub fn run_interpreted(
     let m = &bundle.manifest;
     let (words, scales) = validate_and_repack(m, inp)?;
     let n = m.shapes.n as usize;
-    let module =
-        Module::parse(ir::context(), &bundle.kernel_ir).ok_or_else(|| RunError::KernelIr {
+    let module = bundle
+        .kernel_ir
+        .as_deref()
+        .and_then(|text| Module::parse(ir::context(), text))
+        .ok_or_else(|| RunError::KernelIr {
             path: bundle.manifest.kernel_ir.clone(),
         })?;
     let mut args = vec![];
@@ -286,8 +299,25 @@ pub use nibble_runtime::numerics::inputs::Rng;
 /// moderate magnitude in their own scale type. The runtime's generator
 /// ([`nibble_runtime::numerics::inputs::random_inputs`], shared with `nibble-rt`), in this module's types.
 pub fn random_inputs(m: &Manifest, rows: u32, seed: u64) -> Result<LayerInputs, RunError> {
-    use nibble_runtime::numerics::inputs::{self, InputsError};
-    let h = inputs::random_inputs(m, rows, seed).map_err(|e| {
+    layer_inputs(nibble_runtime::numerics::inputs::random_inputs(
+        m, rows, seed,
+    ))
+}
+
+/// Inputs for timing (`nibble bench`, `nibble tune`): random codes and scales drawn directly, without the
+/// quantizer ([`nibble_runtime::numerics::inputs::timing_inputs`]), in this module's types.
+pub fn timing_inputs(m: &Manifest, rows: u32) -> Result<LayerInputs, RunError> {
+    layer_inputs(nibble_runtime::numerics::inputs::timing_inputs(m, rows, 7))
+}
+
+fn layer_inputs(
+    h: Result<
+        nibble_runtime::numerics::inputs::HostInputs,
+        nibble_runtime::numerics::inputs::InputsError,
+    >,
+) -> Result<LayerInputs, RunError> {
+    use nibble_runtime::numerics::inputs::InputsError;
+    let h = h.map_err(|e| {
         let name = match e {
             InputsError::DType { what, .. } => what,
             InputsError::ScaleType { .. } => "weight_scale",
@@ -495,30 +525,8 @@ pub fn run_cuda(
     warmup: usize,
     timed: usize,
 ) -> Result<CudaOutput, CudaRunError> {
-    use nibble_runtime::cuda::{CudaKernel, Device};
-    use nibble_runtime::linear_cuda::KernelCase;
-    let m = &bundle.manifest;
-    if nibble_runtime::ptx::parse_sm(&m.arch).is_none() {
-        return Err(CudaRunError::NotCuda {
-            manifest: bundle.manifest_path.display().to_string(),
-            arch: m.arch.clone(),
-        });
-    }
-    let (words, scales) = validate_and_repack_any(m, inp)?;
-
-    let dev = Device::open(device)?;
-    let kernel = CudaKernel::load(&dev, m, ptx)?;
+    let (dev, kernel, case) = cuda_case(bundle, ptx, inp, device)?;
     let stream = dev.stream()?;
-    let case = KernelCase::upload(
-        &dev,
-        m,
-        inp.m,
-        &inp.x.bits,
-        &words,
-        &scales,
-        inp.bias.as_ref().map(|b| b.bits.as_slice()),
-        inp.tensor_scale,
-    )?;
     for _ in 0..warmup {
         case.launch(&kernel, &stream)?;
     }
@@ -532,10 +540,85 @@ pub fn run_cuda(
         times_ms.push(start.elapsed_ms(&end)?);
     }
     stream.synchronize()?;
-    let info = dev.info();
     Ok(CudaOutput {
         y: case.read_y()?,
         times_ms,
-        device: format!("{} (sm_{}{})", info.name, info.major, info.minor),
+        device: device_name(&dev),
     })
+}
+
+/// What [`time_cuda`] measured.
+pub struct CudaTiming {
+    /// Flushed launch times (the benchmark's method, `nibble_runtime::cuda::timing`).
+    pub times: nibble_runtime::cuda::timing::FlushedTimes,
+    /// As in [`CudaOutput::device`].
+    pub device: String,
+}
+
+/// Times the bundle's kernel on CUDA device `device` exactly as `nibble-rt bench` does: `warmup` untimed launches,
+/// then `iters` launches each after a 256 MB L2 flush. Inputs are validated and repacked before the device is
+/// touched.
+pub fn time_cuda(
+    bundle: &Bundle,
+    ptx: &[u8],
+    inp: &LayerInputs,
+    device: usize,
+    warmup: u32,
+    iters: u32,
+) -> Result<CudaTiming, CudaRunError> {
+    use nibble_runtime::cuda::timing::Timer;
+    let (dev, kernel, case) = cuda_case(bundle, ptx, inp, device)?;
+    let timer = Timer::new(&dev)?;
+    let launch = |st: &nibble_runtime::cuda::Stream| case.launch(&kernel, st);
+    timer.warm_up(warmup, &launch)?;
+    let times = timer.flushed(iters, &launch)?;
+    Ok(CudaTiming {
+        times,
+        device: device_name(&dev),
+    })
+}
+
+fn device_name(dev: &nibble_runtime::cuda::Device) -> String {
+    let info = dev.info();
+    format!("{} (sm_{}{})", info.name, info.major, info.minor)
+}
+
+/// Checks that the bundle is an sm_* kernel, validates and repacks the inputs, then opens the device, loads the PTX
+/// and uploads the case.
+fn cuda_case(
+    bundle: &Bundle,
+    ptx: &[u8],
+    inp: &LayerInputs,
+    device: usize,
+) -> Result<
+    (
+        nibble_runtime::cuda::Device,
+        nibble_runtime::cuda::CudaKernel,
+        nibble_runtime::linear_cuda::KernelCase,
+    ),
+    CudaRunError,
+> {
+    use nibble_runtime::cuda::{CudaKernel, Device};
+    use nibble_runtime::linear_cuda::KernelCase;
+    let m = &bundle.manifest;
+    if nibble_runtime::ptx::parse_sm(&m.arch).is_none() {
+        return Err(CudaRunError::NotCuda {
+            manifest: bundle.manifest_path.display().to_string(),
+            arch: m.arch.clone(),
+        });
+    }
+    let (words, scales) = validate_and_repack_any(m, inp)?;
+    let dev = Device::open(device)?;
+    let kernel = CudaKernel::load(&dev, m, ptx)?;
+    let case = KernelCase::upload(
+        &dev,
+        m,
+        inp.m,
+        &inp.x.bits,
+        &words,
+        &scales,
+        inp.bias.as_ref().map(|b| b.bits.as_slice()),
+        inp.tensor_scale,
+    )?;
+    Ok((dev, kernel, case))
 }

@@ -8,11 +8,11 @@ use crate::driver::{self};
 use crate::spec::CheckedFile;
 
 pub(super) fn bench_cmd(
-    manifest: &Path,
+    manifests: &[std::path::PathBuf],
     device: &str,
-    m: u32,
-    warmup: usize,
-    iters: usize,
+    ms: &[u32],
+    warmup: u32,
+    iters: u32,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
     if device != "hip" && device != "cuda" {
@@ -20,36 +20,81 @@ pub(super) fn bench_cmd(
             "nibble bench times kernels on a GPU: --device hip or --device cuda (got `{device}`)"
         ));
     }
-    let bundle = crate::run::Bundle::load(manifest).map_err(|e| e.to_string())?;
-    let man = &bundle.manifest;
-    let dir = manifest.parent().unwrap_or(Path::new("."));
-    let code = std::fs::read(dir.join(&man.code_object))
-        .map_err(|e| format!("{}: {e}", dir.join(&man.code_object).display()))?;
-    let inputs = crate::run::random_inputs(man, m, 1).map_err(|e| e.to_string())?;
-    let (mut t, device_name) = if device == "cuda" {
-        let out = crate::run::run_cuda(&bundle, &code, &inputs, cuda_device()?, warmup, iters)
-            .map_err(|e| e.to_string())?;
-        (out.times_ms, out.device)
-    } else {
-        let out = crate::run::run_hip(&bundle, &code, &inputs, 0, warmup, iters)
-            .map_err(|e| e.to_string())?;
-        (out.times_ms, out.device_arch)
-    };
-    t.sort_by(f32::total_cmp);
-    let median_us = t
-        .get(t.len() / 2)
-        .map(|&v| f64::from(v) * 1e3)
-        .ok_or("no timed runs")?;
+    if let Some(bad) = ms.iter().find(|&&m| m == 0) {
+        return Err(format!("--m {bad}: M is at least 1"));
+    }
+    // Every manifest and code object is read before the device is opened.
+    let mut kernels = vec![];
+    for manifest in manifests {
+        let bundle = crate::run::Bundle::load_manifest(manifest).map_err(|e| e.to_string())?;
+        let dir = manifest.parent().unwrap_or(Path::new("."));
+        let path = dir.join(&bundle.manifest.code_object);
+        let code = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        kernels.push((bundle, code));
+    }
+    for (bundle, code) in &kernels {
+        let man = &bundle.manifest;
+        let rows = ms
+            .iter()
+            .copied()
+            .filter(|&m| (man.shapes.m_min..=man.shapes.m_max).contains(&m));
+        let mut any = false;
+        for m in rows {
+            any = true;
+            let inputs = crate::run::timing_inputs(man, m).map_err(|e| e.to_string())?;
+            let (median_us, detail, device_name) = if device == "cuda" {
+                let t = crate::run::time_cuda(bundle, code, &inputs, cuda_device()?, warmup, iters)
+                    .map_err(|e| e.to_string())?;
+                let d = format!(
+                    "flushed median {:.2} us (min {:.2}) of {} runs",
+                    t.times.median_us,
+                    t.times.min_us,
+                    iters.max(1)
+                );
+                (t.times.median_us, d, t.device)
+            } else {
+                let out =
+                    crate::run::run_hip(bundle, code, &inputs, 0, warmup as usize, iters as usize)
+                        .map_err(|e| e.to_string())?;
+                let mut t: Vec<f64> = out.times_ms.iter().map(|&v| f64::from(v) * 1e3).collect();
+                let runs = t.len();
+                let median_us = nibble_runtime::cuda::timing::median(&mut t);
+                (
+                    median_us,
+                    format!("median {median_us:.2} us of {runs} runs"),
+                    out.device_arch,
+                )
+            };
+            report(stdout, man, m, median_us, &detail, &device_name);
+        }
+        if !any {
+            let _ = writeln!(
+                stdout,
+                "{}: no M of --m within its range {}..={}, not timed",
+                man.kernel, man.shapes.m_min, man.shapes.m_max
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One `nibble bench` line: the time, weight traffic, throughput and the arch's HBM roofline.
+fn report(
+    stdout: &mut dyn Write,
+    man: &nibble_runtime::manifest::Manifest,
+    m: u32,
+    median_us: f64,
+    detail: &str,
+    device_name: &str,
+) {
     let (n, k) = (f64::from(man.shapes.n), f64::from(man.shapes.k));
     let weight_bytes = n * k / 2.0 + n * k / f64::from(man.format.group) * 4.0;
     let flops = 2.0 * f64::from(m) * n * k;
     let arch = Arch::from_name(&man.arch).map(|a| a.info());
     let _ = writeln!(
         stdout,
-        "{} on {} (M={m} N={n} K={k}): median {median_us:.1} us of {} runs, weights {:.2} TB/s, {:.1} TFLOP/s{}",
+        "{} on {device_name} (M={m} N={n} K={k}): {detail}, weights {:.2} TB/s, {:.1} TFLOP/s{}",
         man.kernel,
-        device_name,
-        t.len(),
         weight_bytes / (median_us * 1e-6) / 1e12,
         flops / (median_us * 1e-6) / 1e12,
         arch.map_or(String::new(), |a| format!(
@@ -58,13 +103,17 @@ pub(super) fn bench_cmd(
             a.hbm_tb_s
         ))
     );
-    Ok(())
 }
 
 /// The CUDA device index: `$NIBBLE_CUDA_DEVICE`, default 0.
 pub(super) fn cuda_device() -> Result<usize, String> {
     nibble_runtime::cuda::default_index().map_err(|e| e.to_string())
 }
+
+/// Launches per candidate in `nibble tune`: as many as `nibble bench`'s defaults, so that a tuned choice is measured
+/// like the benchmark (on CUDA each timed launch after the L2 flush).
+const TUNE_WARMUP: u32 = 10;
+const TUNE_ITERS: u32 = 50;
 
 /// `nibble tune`: the device is opened first, so a machine without a GPU fails before any compilation.
 pub(super) fn tune_cmd(
@@ -133,24 +182,35 @@ pub(super) fn tune_cmd(
             let bundle = crate::run::Bundle {
                 manifest_path: "tune".into(),
                 manifest: out.manifest,
-                kernel_ir: out.kernel_ir,
+                kernel_ir: Some(out.kernel_ir),
             };
             let inputs =
-                crate::run::random_inputs(&bundle.manifest, m, 1).map_err(|e| e.to_string())?;
-            let mut t = if cuda {
-                crate::run::run_cuda(&bundle, &out.hsaco, &inputs, cuda_device()?, 3, 10)
-                    .map_err(|e| e.to_string())?
-                    .times_ms
+                crate::run::timing_inputs(&bundle.manifest, m).map_err(|e| e.to_string())?;
+            let us = if cuda {
+                crate::run::time_cuda(
+                    &bundle,
+                    &out.hsaco,
+                    &inputs,
+                    cuda_device()?,
+                    TUNE_WARMUP,
+                    TUNE_ITERS,
+                )
+                .map_err(|e| e.to_string())?
+                .times
+                .median_us
             } else {
-                crate::run::run_hip(&bundle, &out.hsaco, &inputs, 0, 3, 10)
-                    .map_err(|e| e.to_string())?
-                    .times_ms
+                let out = crate::run::run_hip(
+                    &bundle,
+                    &out.hsaco,
+                    &inputs,
+                    0,
+                    TUNE_WARMUP as usize,
+                    TUNE_ITERS as usize,
+                )
+                .map_err(|e| e.to_string())?;
+                let mut t: Vec<f64> = out.times_ms.iter().map(|&v| f64::from(v) * 1e3).collect();
+                nibble_runtime::cuda::timing::median(&mut t)
             };
-            t.sort_by(f32::total_cmp);
-            let us = t
-                .get(t.len() / 2)
-                .map(|&v| f64::from(v) * 1e3)
-                .ok_or("no timed runs")?;
             let _ = writeln!(
                 stdout,
                 "{}: {}x{}x{} waves {} {}: predicted {:.1} us, measured {us:.1} us",

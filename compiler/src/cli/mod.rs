@@ -79,20 +79,26 @@ pub enum Command {
     /// Time a compiled kernel on a GPU with random inputs: median of warm runs (HIP or CUDA events), weight traffic
     /// in TB/s, TFLOP/s, and the HBM roofline of the arch.
     Bench {
-        /// The kernel's manifest.
-        manifest: PathBuf,
+        /// The kernels' manifests.
+        #[arg(required = true)]
+        manifests: Vec<PathBuf>,
         /// Where to run: `hip` (gfx kernels) or `cuda` (sm_80/sm_90 kernels; `$NIBBLE_CUDA_DEVICE`, default 0).
         #[arg(long, default_value = "hip", value_name = "DEVICE")]
         device: String,
-        /// Rows (tokens).
-        #[arg(long, default_value_t = 16)]
-        m: u32,
+        /// Rows (tokens), one or more (`--m 1,16`); a kernel is timed at those within its M range.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "16",
+            value_name = "M[,M]"
+        )]
+        m: Vec<u32>,
         /// Untimed launches first.
-        #[arg(long, default_value_t = 5)]
-        warmup: usize,
-        /// Timed launches.
-        #[arg(long, default_value_t = 20)]
-        iters: usize,
+        #[arg(long, default_value_t = 10)]
+        warmup: u32,
+        /// Timed launches (on CUDA each after a 256 MB L2 flush, as `nibble-rt bench`).
+        #[arg(long, default_value_t = 50)]
+        iters: u32,
     },
     /// Measure the cost model's best candidate tilings of each `schedule auto` kernel on a GPU and compile the
     /// fastest into DIR (its manifest records the chosen tiling).
@@ -291,12 +297,12 @@ pub fn run(
             elements_per_iteration,
         } => inspect(&file, json, elements_per_iteration, stdout, stderr),
         Command::Bench {
-            manifest,
+            manifests,
             device,
             m,
             warmup,
             iters,
-        } => match bench_cmd(&manifest, &device, m, warmup, iters, stdout) {
+        } => match bench_cmd(&manifests, &device, &m, warmup, iters, stdout) {
             Ok(()) => 0,
             Err(e) => {
                 let _ = writeln!(stderr, "error: {e}");

@@ -131,7 +131,13 @@ fn run_kernel_inner(args: &RunArgs<'_>, stdout: &mut dyn Write) -> Result<i32, S
             ));
         }
     }
-    let bundle = crate::run::Bundle::load(args.manifest).map_err(|e| e.to_string())?;
+    // The interpreter executes the kernel IR; a GPU runs the code object alone.
+    let bundle = if args.device == "interpret" {
+        crate::run::Bundle::load(args.manifest)
+    } else {
+        crate::run::Bundle::load_manifest(args.manifest)
+    }
+    .map_err(|e| e.to_string())?;
     let m = &bundle.manifest;
     if args.device == "cuda" && nibble_runtime::ptx::parse_sm(&m.arch).is_none() {
         return Err(crate::run::CudaRunError::NotCuda {

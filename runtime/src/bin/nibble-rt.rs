@@ -7,15 +7,19 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use nibble_runtime::bundle::KernelBundle;
+use nibble_runtime::cuda::timing::{FlushedTimes, Timer};
 use nibble_runtime::cuda::{self, CudaKernel, Device};
+use nibble_runtime::launch::LaunchError;
 use nibble_runtime::linear_cuda::KernelCase;
 use nibble_runtime::manifest::Manifest;
 use nibble_runtime::numerics::compare::{compare, decode, Comparison};
-use nibble_runtime::numerics::inputs::{adversarial_inputs, random_inputs, HostInputs, Rng};
+use nibble_runtime::numerics::inputs::{
+    adversarial_inputs, random_inputs, timing_inputs, HostInputs,
+};
 use nibble_runtime::numerics::reference::dequant_weight;
 use nibble_runtime::numerics::repack::{repack_scales_for, repack_weight, RepackedScales};
 use nibble_runtime::numerics::repack_mma::FragmentCodec;
-use nibble_runtime::numerics::{DType, ScaleData};
+use nibble_runtime::numerics::DType;
 
 #[derive(Parser)]
 #[command(
@@ -388,72 +392,6 @@ fn check(dir: &Path, ms: &[u32], require_gpu: bool) -> ExitCode {
     }
 }
 
-/// Benchmark inputs: timing does not depend on the values, so MXFP4 layers get uniformly random codes and scale
-/// exponents in 2^-9..=2^-3 drawn directly (the quantizer would take minutes on the largest layers); other formats
-/// use the quantized random layer of `random_inputs`.
-fn bench_inputs(m: &Manifest, rows: u32) -> Res<HostInputs> {
-    let f = &m.format;
-    let mxfp4 = f.element.exp_bits == 2
-        && f.element.man_bits == 1
-        && f.element.bias == 1
-        && f.scale == "e8m0"
-        && !f.tensor_scale
-        && m.shapes.x_dtype == "bf16"
-        && m.shapes.bias_dtype.is_none();
-    if !mxfp4 {
-        return inputs(m, rows, 5, false);
-    }
-    let (n, k) = (m.shapes.n as usize, m.shapes.k as usize);
-    let mut rng = Rng::new(7);
-    let mut weight = vec![0u8; n * k / 2];
-    for chunk in weight.chunks_mut(8) {
-        let v = rng.next_u64().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-    let scales: Vec<u8> = (0..n * k / f.group as usize)
-        .map(|_| 118 + (rng.next_u64() % 7) as u8)
-        .collect();
-    let x: Vec<u16> = (0..rows as usize * k)
-        .map(|_| half::bf16::from_f64(rng.unit() * 2.0 - 1.0).to_bits())
-        .collect();
-    Ok(HostInputs {
-        rows,
-        x_dtype: DType::Bf16,
-        x,
-        weight,
-        scales: ScaleData::Bytes(scales),
-        tensor_scale: None,
-        bias: None,
-    })
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// The flushed measurement both `bench` and `stream` report: `iters` times, the 256 MB flush, then `launch` alone
-/// between two events. Returns (median, min) in microseconds.
-fn time_flushed(
-    stream: &cuda::Stream,
-    flush: &cuda::L2Flush,
-    (e0, e1): (&cuda::Event, &cuda::Event),
-    iters: u32,
-    launch: &dyn Fn() -> Res<()>,
-) -> Res<(f64, f64)> {
-    let mut t = vec![];
-    for _ in 0..iters {
-        flush.run(stream).map_err(s)?;
-        e0.record(stream).map_err(s)?;
-        launch()?;
-        e1.record(stream).map_err(s)?;
-        e1.synchronize().map_err(s)?;
-        t.push(f64::from(e0.elapsed_ms(e1).map_err(s)?) * 1000.0);
-    }
-    let min_us = t.iter().copied().fold(f64::INFINITY, f64::min);
-    Ok((median(&mut t), min_us))
-}
-
 /// Writes `rows` as pretty JSON to `json`, if given.
 fn write_json(json: Option<&Path>, rows: &[serde_json::Value]) -> Res<()> {
     if let Some(j) = json {
@@ -474,9 +412,7 @@ fn bench(paths: &[PathBuf], ms: &[u32], timing: &Timing) -> Res<()> {
         .map(|p| read_kernel(p))
         .collect::<Res<Vec<_>>>()?;
     let dev = open()?;
-    let stream = dev.stream().map_err(s)?;
-    let (e0, e1) = (dev.event().map_err(s)?, dev.event().map_err(s)?);
-    let flush = cuda::L2Flush::new(&dev, 256 << 20).map_err(s)?;
+    let timer = Timer::new(&dev).map_err(s)?;
     let mut rows_out = vec![];
     for k in &read {
         let kernel = load(&dev, k)?;
@@ -491,26 +427,19 @@ fn bench(paths: &[PathBuf], ms: &[u32], timing: &Timing) -> Res<()> {
             continue;
         };
         // One set of inputs per kernel, at the largest M: smaller M launch on the same buffers.
-        let inp = bench_inputs(&m, max_rows)?;
+        let inp = timing_inputs(&m, max_rows, 7).map_err(s)?;
         let pr = prepare(&m, &inp, Fault::None)?;
         let c = upload(&dev, &m, &inp, &pr)?;
         for r in rows {
-            let launch = || c.args().launch(&kernel, &stream, r).map_err(s);
-            for _ in 0..warmup {
-                launch()?;
-            }
-            // (a) back-to-back: iters launches between two events (warm L2 when the weights fit it).
-            e0.record(&stream).map_err(s)?;
-            for _ in 0..iters {
-                launch()?;
-            }
-            e1.record(&stream).map_err(s)?;
-            e1.synchronize().map_err(s)?;
-            let loop_us =
-                f64::from(e0.elapsed_ms(&e1).map_err(s)?) * 1000.0 / f64::from(iters.max(1));
-            // (b) L2 flushed: a 256 MB read before each launch (clean lines, no write-back charged to the kernel),
-            // only the launch timed.
-            let (med, min_us) = time_flushed(&stream, &flush, (&e0, &e1), iters, &launch)?;
+            let launch = |st: &cuda::Stream| c.args().launch(&kernel, st, r);
+            timer.warm_up(warmup, &launch).map_err(s)?;
+            // (a) back-to-back: warm L2 when the weights fit it; (b) the flushed time (the module doc of
+            // `nibble_runtime::cuda::timing`), the one reported.
+            let loop_us = timer.back_to_back(iters, &launch).map_err(s)?;
+            let FlushedTimes {
+                median_us: med,
+                min_us,
+            } = timer.flushed(iters, &launch).map_err(s)?;
             let bytes =
                 (pr.words.len() * 4 + pr.scales.size_bytes()) as u64 + u64::from(r) * (k + n) * 2;
             let nominal = n * k / 2 + n * k / 32;
@@ -543,18 +472,17 @@ fn stream(sizes: &[f64], timing: &Timing) -> Res<()> {
         return Err(format!("--mb {bad}: sizes are MB from 0 to 16000"));
     }
     let dev = open()?;
-    let stream = dev.stream().map_err(s)?;
-    let (e0, e1) = (dev.event().map_err(s)?, dev.event().map_err(s)?);
-    let flush = cuda::L2Flush::new(&dev, 256 << 20).map_err(s)?;
+    let timer = Timer::new(&dev).map_err(s)?;
     let mut rows_out = vec![];
     for &mb in sizes {
         let bytes = ((mb * 1e6) as usize / 16 * 16).max(16);
         let read = cuda::L2Flush::new(&dev, bytes).map_err(s)?;
-        for _ in 0..warmup {
-            read.run(&stream).map_err(s)?;
-        }
-        let launch = || read.run(&stream).map_err(s);
-        let (med, min_us) = time_flushed(&stream, &flush, (&e0, &e1), iters, &launch)?;
+        let launch = |st: &cuda::Stream| read.run(st).map_err(LaunchError::from);
+        timer.warm_up(warmup, &launch).map_err(s)?;
+        let FlushedTimes {
+            median_us: med,
+            min_us,
+        } = timer.flushed(iters, &launch).map_err(s)?;
         let tb_s = bytes as f64 / (med * 1e-6) / 1e12;
         println!("read {mb} MB ({bytes} bytes): flushed median {med:.2} us (min {min_us:.2}), {tb_s:.2} TB/s");
         rows_out.push(serde_json::json!({

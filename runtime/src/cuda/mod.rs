@@ -12,6 +12,7 @@
 //! machine); `nibble-rt check` is the on-hardware test.
 
 pub mod ffi;
+pub mod timing;
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Arc;

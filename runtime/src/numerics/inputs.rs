@@ -207,35 +207,58 @@ pub fn random_inputs(m: &Manifest, rows: u32, seed: u64) -> Result<HostInputs, I
             let q = quantize::quantize_nvfp4(&w, n, k).map_err(quant_err)?;
             (q.weight, ScaleData::Bytes(q.scale), Some(q.tensor_scale))
         }
-        _ => {
-            let mut value = || 2f64.powi((rng.next_u64() % 8) as i32 - 6) * (1.0 + rng.unit());
-            let scales = match st {
-                // value() is in [2^-6, 2^2), so the code is in 115..=122.
-                ScaleType::E8m0 => ScaleData::Bytes(
-                    (0..groups)
-                        .map(|_| (121 + value().log2() as i32) as u8)
-                        .collect(),
-                ),
-                ScaleType::E4m3 => {
-                    ScaleData::Bytes((0..groups).map(|_| e4m3fn_encode(value() as f32)).collect())
-                }
-                ScaleType::F16 => ScaleData::F16(
-                    (0..groups)
-                        .map(|_| half_bits(value(), DType::F16))
-                        .collect(),
-                ),
-                ScaleType::Bf16 => ScaleData::Bf16(
-                    (0..groups)
-                        .map(|_| half_bits(value(), DType::Bf16))
-                        .collect(),
-                ),
-                ScaleType::F32 => ScaleData::F32((0..groups).map(|_| value() as f32).collect()),
-            };
-            let weight = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
-            (weight, scales, f.tensor_scale.then_some(0.5))
-        }
+        _ => random_codes(m, &mut rng, n, k, groups, st),
     };
     with_activations(m, &mut rng, rows, weight, scales, tensor_scale)
+}
+
+/// Inputs for timing the kernel of `m` with `rows` rows: uniformly random element codes and block scales of moderate
+/// magnitude drawn directly for every format, with random activations. Timing does not depend on the values, and
+/// quantizing a random layer (what [`random_inputs`] does for MXFP4 and NVFP4) takes minutes on the largest layers.
+pub fn timing_inputs(m: &Manifest, rows: u32, seed: u64) -> Result<HostInputs, InputsError> {
+    let mut rng = Rng::new(seed);
+    let (n, k, groups) = geometry(m)?;
+    let st = scale_type(m)?;
+    dtype(m, "x", &m.shapes.x_dtype)?;
+    let (weight, scales, tensor_scale) = random_codes(m, &mut rng, n, k, groups, st);
+    with_activations(m, &mut rng, rows, weight, scales, tensor_scale)
+}
+
+/// Uniformly random element codes `[N, K/2]`, block scales in [2^-6, 2^2) in the scale type `st`, and a tensor
+/// scale of 0.5 where the format has one.
+fn random_codes(
+    m: &Manifest,
+    rng: &mut Rng,
+    n: usize,
+    k: usize,
+    groups: usize,
+    st: ScaleType,
+) -> (Vec<u8>, ScaleData, Option<f32>) {
+    let mut value = || 2f64.powi((rng.next_u64() % 8) as i32 - 6) * (1.0 + rng.unit());
+    let scales = match st {
+        // value() is in [2^-6, 2^2), so the code is in 115..=122.
+        ScaleType::E8m0 => ScaleData::Bytes(
+            (0..groups)
+                .map(|_| (121 + value().log2() as i32) as u8)
+                .collect(),
+        ),
+        ScaleType::E4m3 => {
+            ScaleData::Bytes((0..groups).map(|_| e4m3fn_encode(value() as f32)).collect())
+        }
+        ScaleType::F16 => ScaleData::F16(
+            (0..groups)
+                .map(|_| half_bits(value(), DType::F16))
+                .collect(),
+        ),
+        ScaleType::Bf16 => ScaleData::Bf16(
+            (0..groups)
+                .map(|_| half_bits(value(), DType::Bf16))
+                .collect(),
+        ),
+        ScaleType::F32 => ScaleData::F32((0..groups).map(|_| value() as f32).collect()),
+    };
+    let weight = (0..n * k / 2).map(|_| rng.next_u64() as u8).collect();
+    (weight, scales, m.format.tensor_scale.then_some(0.5))
 }
 
 /// Adversarial inputs with `rows` rows for the kernel of `m` (see the module doc); activations and bias are random
@@ -369,6 +392,38 @@ mod tests {
             )
             .expect("dequantizes");
             assert!(w.iter().all(|v| v.is_finite()) && w.iter().any(|&v| v != 0.0));
+        }
+    }
+
+    #[test]
+    fn timing_inputs_have_the_layer_shapes_and_repack_for_the_sm90_layouts() {
+        for (scheme, bias) in [
+            (QuantScheme::Mxfp4, Some("bf16")),
+            (QuantScheme::Nvfp4, None),
+        ] {
+            let (m, _) = sm90_manifest(&gfx(scheme, bias));
+            let a = timing_inputs(&m, 3, 7).expect("inputs");
+            assert_eq!(a, timing_inputs(&m, 3, 7).expect("inputs"));
+            assert_eq!((a.rows, a.x.len(), a.weight.len()), (3, 3 * 256, 64 * 128));
+            assert_eq!(a.scales.len(), 64 * 256 / m.format.group as usize);
+            assert_eq!(a.bias.as_ref().map(|b| b.1.len()), bias.map(|_| 64));
+            assert_eq!(a.tensor_scale.is_some(), m.format.tensor_scale);
+            // Drawn, not quantized: every code turns up, and the scales are ones the kernel's layout accepts.
+            let mut seen = [false; 16];
+            for b in &a.weight {
+                seen[usize::from(b & 15)] = true;
+                seen[usize::from(b >> 4)] = true;
+            }
+            assert!(seen.iter().all(|&s| s));
+            repack_scales_for(
+                &m.weight_layout,
+                &m.scale_layout,
+                &m.format,
+                &a.scales,
+                64,
+                256,
+            )
+            .expect("the layout accepts the drawn scales");
         }
     }
 
