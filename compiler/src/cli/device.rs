@@ -56,12 +56,10 @@ pub(super) fn bench_cmd(
                 let out =
                     crate::run::run_hip(bundle, code, &inputs, 0, warmup as usize, iters as usize)
                         .map_err(|e| e.to_string())?;
-                let mut t: Vec<f64> = out.times_ms.iter().map(|&v| f64::from(v) * 1e3).collect();
-                let runs = t.len();
-                let median_us = nibble_runtime::cuda::timing::median(&mut t);
+                let median_us = median_us(&out.times_ms);
                 (
                     median_us,
-                    format!("median {median_us:.2} us of {runs} runs"),
+                    format!("median {median_us:.2} us of {} runs", out.times_ms.len()),
                     out.device_arch,
                 )
             };
@@ -76,6 +74,12 @@ pub(super) fn bench_cmd(
         }
     }
     Ok(())
+}
+
+/// The median of event times in milliseconds, in microseconds (HIP runs; CUDA timings come as microseconds).
+fn median_us(times_ms: &[f32]) -> f64 {
+    let mut us: Vec<f64> = times_ms.iter().map(|&v| f64::from(v) * 1e3).collect();
+    nibble_runtime::numerics::median(&mut us)
 }
 
 /// One `nibble bench` line: the time, weight traffic, throughput and the arch's HBM roofline.
@@ -208,8 +212,7 @@ pub(super) fn tune_cmd(
                     TUNE_ITERS as usize,
                 )
                 .map_err(|e| e.to_string())?;
-                let mut t: Vec<f64> = out.times_ms.iter().map(|&v| f64::from(v) * 1e3).collect();
-                nibble_runtime::cuda::timing::median(&mut t)
+                median_us(&out.times_ms)
             };
             let _ = writeln!(
                 stdout,

@@ -9,6 +9,7 @@
 
 use super::{CudaError, Device, Event, L2Flush, Stream};
 use crate::launch::LaunchError;
+use crate::numerics::median;
 
 /// Bytes the flush reads before each timed launch: five times the H100's 50 MB L2.
 pub const FLUSH_BYTES: usize = 256 << 20;
@@ -26,12 +27,6 @@ pub struct Timer {
 pub struct FlushedTimes {
     pub median_us: f64,
     pub min_us: f64,
-}
-
-/// The median of `v` (the upper one of an even count); NaN when empty.
-pub fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 impl Timer {
@@ -97,17 +92,5 @@ impl Timer {
             median_us: median(&mut t),
             min_us,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::median;
-
-    #[test]
-    fn median_takes_the_middle_value_after_sorting() {
-        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 3.0);
-        assert!(median(&mut []).is_nan());
     }
 }

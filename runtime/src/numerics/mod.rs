@@ -15,6 +15,12 @@ pub mod repack_mma;
 
 pub use fp8::ScaleType;
 
+/// The median of `v` (the upper one of an even count), as the timings report it; NaN when empty.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Block scales as a checkpoint stores them, row-major `[N, K / group]`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScaleData {
@@ -182,5 +188,12 @@ mod tests {
         );
         assert_eq!(DType::parse("bf16"), Some(DType::Bf16));
         assert_eq!(DType::parse("f32"), None);
+    }
+
+    #[test]
+    fn median_takes_the_middle_value_after_sorting() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert!(super::median(&mut []).is_nan());
     }
 }
