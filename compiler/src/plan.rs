@@ -195,8 +195,12 @@ pub const NV_DECODE_MAX_M: u32 = 32;
 /// tile (QKV at M = 1 21.1 against 26.5 us, at M = 16 22.5 against 24.4). At M = 1 the 2 x 8 tiling measured O
 /// 17.1, gate/up 90.6, down 47.2 us against 17.9, 95.7, 52.7 for 2 x 4. For K above 8192 without a 1024-K tile, 2 x 4
 /// warps measured slower (session 7: 55.8/70.5 against 52.8/56.9 us at M = 1/16 on the down projection), so a tile
-/// of up to 128 rows over warps along N with register staging. None for AMD targets, larger M, or N not a multiple
-/// of 32: the cost model decides there. The cost model ranks this tiling first (`costmodel::rank`), since it does not
+/// of up to 128 rows over warps along N with register staging. Where 64-row blocks are many (at least four per SM:
+/// Llama-3-70B's gate/up, 896 on 132 SMs), 64 rows over four warps along a 256-K tile, also with `cp.async` staging
+/// (docs/results/h100-session10/, found by `nibble tune`: gate/up 91.3 against 100.8-101.3 us at M = 16, 89.4
+/// against 92.4 at M = 8, 89.0 against 89.5 at M = 1; the same tiling takes the down projection's 128 such blocks
+/// to 54.5 against 51.3 us at M = 16). None for AMD targets, larger M, or N not a multiple of 32: the cost model
+/// decides there. The cost model ranks this tiling first (`costmodel::rank`), since it does not
 /// model warps along K, `cp.async` staging or 8-token atoms.
 pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling, Staging)> {
     if !arch.is_nvidia()
@@ -225,6 +229,9 @@ pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling,
     };
     let blocks = n / 32;
     let sms = arch.info().cus;
+    if n.is_multiple_of(64) && k.is_multiple_of(256) && n / 64 >= 4 * sms {
+        return Some((tiling(64, 256, 4, 1), Staging::Async));
+    }
     let tail = 2 * sms < blocks && blocks <= 4 * sms;
     if k.is_multiple_of(1024) && !tail {
         return Some((tiling(32, 1024, 2, 8), Staging::Async));
