@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::arch::Arch;
 use crate::driver::{self};
-use crate::spec::CheckedFile;
+use crate::spec::{CheckedFile, Staging};
 
 pub(super) fn bench_cmd(
     manifests: &[std::path::PathBuf],
@@ -169,68 +169,65 @@ pub(super) fn tune_cmd(
             let _ = writeln!(stdout, "{}: has an explicit tiling, not tuned", k.name);
             continue;
         }
-        let mut best: Option<(f64, crate::spec::Tiling, Option<crate::spec::Staging>)> = None;
+        let mut best: Option<(f64, crate::spec::Tiling, Option<Staging>)> = None;
         for p in crate::costmodel::rank(k, arch, m, false)
             .into_iter()
             .take(top)
         {
-            let mut spec = k.clone();
-            spec.schedule = Schedule::Manual(p.tiling);
-            // The NVIDIA decode rule's tiling comes with its staging, as `schedule auto` would plan it.
-            if p.rule && spec.staging.is_none() {
-                spec.staging =
-                    crate::plan::nvidia_decode_rule(k.n, k.k, m, arch).map(|(_, staging)| staging);
-            }
-            let out = driver::compile_kernel(&spec, arch, &Default::default())
-                .map_err(|e| e.to_string())?;
-            let bundle = crate::run::Bundle {
-                manifest_path: "tune".into(),
-                manifest: out.manifest,
-                kernel_ir: Some(out.kernel_ir),
-            };
-            let inputs =
-                crate::run::timing_inputs(&bundle.manifest, m).map_err(|e| e.to_string())?;
-            let us = if cuda {
-                crate::run::time_cuda(
-                    &bundle,
-                    &out.hsaco,
-                    &inputs,
-                    cuda_device()?,
-                    TUNE_WARMUP,
-                    TUNE_ITERS,
-                )
-                .map_err(|e| e.to_string())?
-                .times
-                .median_us
+            // The cost model does not see the staging, so on NVIDIA both are measured (the decode rule's own
+            // first), unless the kernel fixes it; AMD kernels take the plan's.
+            let stagings: Vec<Option<Staging>> = if k.staging.is_some() {
+                vec![k.staging]
+            } else if arch.is_nvidia() && p.tiling.stages >= 2 {
+                let first = crate::plan::nvidia_decode_rule(k.n, k.k, m, arch)
+                    .filter(|_| p.rule)
+                    .map_or(Staging::Registers, |(_, st)| st);
+                let second = if first == Staging::Async {
+                    Staging::Registers
+                } else {
+                    Staging::Async
+                };
+                vec![Some(first), Some(second)]
             } else {
-                let out = crate::run::run_hip(
-                    &bundle,
-                    &out.hsaco,
-                    &inputs,
-                    0,
-                    TUNE_WARMUP as usize,
-                    TUNE_ITERS as usize,
-                )
-                .map_err(|e| e.to_string())?;
-                median_us(&out.times_ms)
+                vec![None]
             };
-            let _ = writeln!(
-                stdout,
-                "{}: {}x{}x{} waves {} {}: predicted {:.1} us, measured {us:.1} us",
-                k.name,
-                p.tiling.tile_m,
-                p.tiling.tile_n,
-                p.tiling.tile_k,
-                p.tiling.waves_name(),
-                p.tiling.mma.name(),
-                p.predicted_us
-            );
-            if best.is_none_or(|(b, _, _)| us < b) {
-                best = Some((us, p.tiling, spec.staging));
+            for staging in stagings {
+                let mut spec = k.clone();
+                spec.schedule = Schedule::Manual(p.tiling);
+                spec.staging = staging;
+                let label = format!(
+                    "{}: {}x{}x{} waves {} {}{}",
+                    k.name,
+                    p.tiling.tile_m,
+                    p.tiling.tile_n,
+                    p.tiling.tile_k,
+                    p.tiling.waves_name(),
+                    p.tiling.mma.name(),
+                    match staging {
+                        Some(Staging::Async) => " staging async",
+                        Some(Staging::Registers) => " staging registers",
+                        None => "",
+                    }
+                );
+                let us = match time_candidate(&spec, arch, m, cuda)? {
+                    Candidate::Measured(us) => us,
+                    Candidate::NotCompiled(e) => {
+                        let _ = writeln!(stdout, "{label}: not compiled: {e}");
+                        continue;
+                    }
+                };
+                let _ = writeln!(
+                    stdout,
+                    "{label}: predicted {:.1} us, measured {us:.1} us",
+                    p.predicted_us
+                );
+                if best.is_none_or(|(b, _, _)| us < b) {
+                    best = Some((us, p.tiling, staging));
+                }
             }
         }
         let Some((us, tiling, staging)) = best else {
-            continue;
+            return Err(format!("{}: no candidate tiling could be measured", k.name));
         };
         let mut spec = k.clone();
         spec.schedule = Schedule::Manual(tiling);
@@ -245,4 +242,55 @@ pub(super) fn tune_cmd(
         );
     }
     Ok(())
+}
+
+/// A `nibble tune` candidate: its median time, or why the compiler refused it (a variant such as a staging ring
+/// that does not fit is reported and skipped; a device error ends the tuning).
+enum Candidate {
+    Measured(f64),
+    NotCompiled(String),
+}
+
+/// Compiles `spec` for `arch` and times it on the device with the benchmark's method (median microseconds).
+fn time_candidate(
+    spec: &crate::spec::KernelSpec,
+    arch: Arch,
+    m: u32,
+    cuda: bool,
+) -> Result<Candidate, String> {
+    let out = match driver::compile_kernel(spec, arch, &Default::default()) {
+        Ok(out) => out,
+        Err(e) => return Ok(Candidate::NotCompiled(e.to_string())),
+    };
+    let bundle = crate::run::Bundle {
+        manifest_path: "tune".into(),
+        manifest: out.manifest,
+        kernel_ir: Some(out.kernel_ir),
+    };
+    let inputs = crate::run::timing_inputs(&bundle.manifest, m).map_err(|e| e.to_string())?;
+    let us = if cuda {
+        crate::run::time_cuda(
+            &bundle,
+            &out.hsaco,
+            &inputs,
+            cuda_device()?,
+            TUNE_WARMUP,
+            TUNE_ITERS,
+        )
+        .map_err(|e| e.to_string())?
+        .times
+        .median_us
+    } else {
+        let out = crate::run::run_hip(
+            &bundle,
+            &out.hsaco,
+            &inputs,
+            0,
+            TUNE_WARMUP as usize,
+            TUNE_ITERS as usize,
+        )
+        .map_err(|e| e.to_string())?;
+        median_us(&out.times_ms)
+    };
+    Ok(Candidate::Measured(us))
 }

@@ -100,8 +100,9 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         iters: u32,
     },
-    /// Measure the cost model's best candidate tilings of each `schedule auto` kernel on a GPU and compile the
-    /// fastest into DIR (its manifest records the chosen tiling).
+    /// Measure the cost model's best candidate tilings of each `schedule auto` kernel on a GPU (on NVIDIA each with
+    /// both stagings unless the kernel fixes one) and compile the fastest into DIR (its manifest records the chosen
+    /// tiling).
     Tune {
         /// The .nib file.
         file: PathBuf,
