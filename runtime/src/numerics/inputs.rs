@@ -344,6 +344,21 @@ mod tests {
         manifest("k", "gfx942", 64, 256, scheme, 16, (1, 64), bias, (16, 16))
     }
 
+    /// The scales of a 64 x 256 layer ([`gfx`]'s shape) repacked into `m`'s layout.
+    fn repack_64x256(
+        m: &Manifest,
+        scales: &ScaleData,
+    ) -> Result<crate::numerics::repack::RepackedScales, crate::numerics::repack::RepackError> {
+        repack_scales_for(
+            &m.weight_layout,
+            &m.scale_layout,
+            &m.format,
+            scales,
+            64,
+            256,
+        )
+    }
+
     #[test]
     fn the_generator_is_the_published_xorshift64_star() {
         // First outputs for seed 1, computed by hand from the recurrence (state = 1 ^ 0x9E37_79B9_7F4A_7C15 | 1).
@@ -415,15 +430,7 @@ mod tests {
                 seen[usize::from(b >> 4)] = true;
             }
             assert!(seen.iter().all(|&s| s));
-            repack_scales_for(
-                &m.weight_layout,
-                &m.scale_layout,
-                &m.format,
-                &a.scales,
-                64,
-                256,
-            )
-            .expect("the layout accepts the drawn scales");
+            repack_64x256(&m, &a.scales).expect("the layout accepts the drawn scales");
         }
     }
 
@@ -449,27 +456,11 @@ mod tests {
         };
         // Rows alternate between the extremes; the layout accepts both.
         assert!(s[..8].iter().all(|&c| c == lo) && s[8..16].iter().all(|&c| c == hi));
-        repack_scales_for(
-            &m.weight_layout,
-            &m.scale_layout,
-            &m.format,
-            &a.scales,
-            64,
-            256,
-        )
-        .expect("the repacker accepts every adversarial scale");
+        repack_64x256(&m, &a.scales).expect("the repacker accepts every adversarial scale");
         // One code beyond the accepted range is refused by the repacker: the extremes are the real ones.
         let mut over = s.clone();
         over[8] = hi + 1;
-        assert!(repack_scales_for(
-            &m.weight_layout,
-            &m.scale_layout,
-            &m.format,
-            &ScaleData::Bytes(over),
-            64,
-            256
-        )
-        .is_err());
+        assert!(repack_64x256(&m, &ScaleData::Bytes(over)).is_err());
 
         // NVFP4: every accepted E4M3 code appears.
         let (m, _) = sm90_manifest(&gfx(QuantScheme::Nvfp4, None));
