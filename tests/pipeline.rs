@@ -227,6 +227,27 @@ fn manifests_round_trip_and_validate() {
     assert!(Manifest::from_json("m.json", &newer).is_err());
     let extra = json.replacen('{', "{\n  \"surprise\": 1,", 1);
     assert!(Manifest::from_json("m.json", &extra).is_err());
+    // `nibble tune`'s record: absent unless tuned, round-trips, and is checked like the rest.
+    assert!(!json.contains("\"tuned\""));
+    let mut tuned = out.manifest.clone();
+    tuned.tuned = Some(nibble_runtime::manifest::Tuned {
+        device: "NVIDIA H100 80GB HBM3 (sm_90)".into(),
+        m: 16,
+        median_us: 91.1,
+        candidates: 12,
+    });
+    let tjson = tuned.to_json();
+    assert_eq!(
+        Manifest::from_json("m.json", &tjson).expect("parses"),
+        tuned
+    );
+    let zero_m = tjson.replacen("\"m\": 16", "\"m\": 0", 1);
+    assert_ne!(zero_m, tjson);
+    let err = Manifest::from_json("m.json", &zero_m).expect_err("m = 0 is refused");
+    assert!(err.to_string().contains("tuned"), "{err}");
+    let stray = tjson.replacen("\"candidates\": 12", "\"candidates\": 12, \"note\": 1", 1);
+    assert_ne!(stray, tjson);
+    assert!(Manifest::from_json("m.json", &stray).is_err());
 }
 
 /// Per-stage snapshots of a representative subset (one per format family and atom; the IR of the others differs

@@ -226,23 +226,27 @@ pub fn compile_to_dir(
     std::fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
     let mut written = vec![];
     for (spec, arch) in jobs {
-        written.push(compile_one_to_dir(spec, arch, out_dir, emit, m_range)?);
+        written.push(compile_one_to_dir(
+            spec, arch, out_dir, emit, m_range, None,
+        )?);
     }
     Ok(written)
 }
 
 /// Compiles one kernel for one arch into `out_dir` (which must exist). `m_range` narrows the M range the manifest
 /// declares (a kernel bundle with several kernels per shape selects among them by M); it is clamped to what the
-/// plan allows.
+/// plan allows. `tuned` is the measurement `nibble tune` chose the tiling by, recorded in the manifest.
 pub fn compile_one_to_dir(
     spec: &KernelSpec,
     arch: Arch,
     out_dir: &std::path::Path,
     emit: &BTreeSet<Stage>,
     m_range: Option<(u32, u32)>,
+    tuned: Option<nibble_runtime::manifest::Tuned>,
 ) -> Result<Written, OutputError> {
     let start = std::time::Instant::now();
     let mut out = compile_kernel(spec, arch, emit)?;
+    out.manifest.tuned = tuned;
     if let Some((lo, hi)) = m_range {
         let s = &mut out.manifest.shapes;
         s.m_min = lo.max(s.m_min);

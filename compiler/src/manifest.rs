@@ -75,5 +75,6 @@ pub fn from_plan(p: &Plan) -> Manifest {
         kernarg_bytes: p.kernarg_bytes,
         weight_layout: p.weight_layout.clone(),
         scale_layout: p.scale_layout.clone(),
+        tuned: None,
     }
 }

@@ -296,6 +296,7 @@ pub fn compile_model(
                     out_dir,
                     &BTreeSet::<Stage>::new(),
                     Some(*range),
+                    None,
                 );
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 progress(d, total, &spec.name);

@@ -588,6 +588,7 @@ pub(crate) mod testutil {
                 exp_offset: bias_exp - 1,
                 dtype: None,
             },
+            tuned: None,
         }
     }
 

@@ -39,6 +39,23 @@ pub struct Manifest {
     pub kernarg_bytes: u32,
     pub weight_layout: WeightLayout,
     pub scale_layout: ScaleLayout,
+    /// How `nibble tune` chose this kernel's tiling on a GPU; absent for kernels it did not tune.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tuned: Option<Tuned>,
+}
+
+/// The measurement behind a tuned kernel (`nibble tune`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tuned {
+    /// The device measured on, as its driver names it (e.g. `NVIDIA H100 80GB HBM3 (sm_90)`).
+    pub device: String,
+    /// The M (tokens) measured at.
+    pub m: u32,
+    /// This kernel's median time there in microseconds (on CUDA each launch after an L2 flush, as `nibble bench`).
+    pub median_us: f64,
+    /// How many candidates (a tiling with a staging) were measured, this one included.
+    pub candidates: u32,
 }
 
 /// y[M, N] = x[M, K] * dequant(W[N, K])^T (+ bias). M is dynamic within `m_min..=m_max`.
@@ -359,6 +376,14 @@ impl Manifest {
                 "launch.dynamic_lds_bytes is a CUDA launch setting; {} kernels take their LDS from lds_bytes",
                 self.arch
             ));
+        }
+        if let Some(t) = &self.tuned {
+            if t.m == 0 || t.candidates == 0 || !(t.median_us.is_finite() && t.median_us > 0.0) {
+                return Err(format!(
+                    "tuned: m = {}, candidates = {}, median_us = {} (each must be positive)",
+                    t.m, t.candidates, t.median_us
+                ));
+            }
         }
         if self.format.element.exp_bits + self.format.element.man_bits != 3 {
             return Err("element must be a 4-bit minifloat (exp_bits + man_bits = 3)".into());

@@ -139,7 +139,7 @@ pub(super) fn tune_cmd(
             ))
         }
     };
-    if cuda {
+    let device_label = if cuda {
         let index = cuda_device()?;
         let dev = nibble_runtime::cuda::Device::open(index).map_err(|e| e.to_string())?;
         let i = dev.info();
@@ -151,6 +151,7 @@ pub(super) fn tune_cmd(
                 arch.name()
             ));
         }
+        format!("{} ({device_arch})", i.name)
     } else {
         let dev = nibble_runtime::hip::Device::open(0).map_err(|e| e.to_string())?;
         let device_arch = nibble_runtime::hip::arch_base(dev.arch());
@@ -161,7 +162,8 @@ pub(super) fn tune_cmd(
                 arch.name()
             ));
         }
-    }
+        format!("HIP device 0 ({})", dev.arch())
+    };
     std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     for k in &checked.kernels {
         let m = m_arg.unwrap_or_else(|| k.auto_m()).max(1);
@@ -170,6 +172,7 @@ pub(super) fn tune_cmd(
             continue;
         }
         let mut best: Option<(f64, crate::spec::Tiling, Option<Staging>)> = None;
+        let mut measured = 0u32;
         for p in crate::costmodel::rank(k, arch, m, false)
             .into_iter()
             .take(top)
@@ -216,6 +219,7 @@ pub(super) fn tune_cmd(
                         continue;
                     }
                 };
+                measured += 1;
                 let _ = writeln!(
                     stdout,
                     "{label}: predicted {:.1} us, measured {us:.1} us",
@@ -232,8 +236,21 @@ pub(super) fn tune_cmd(
         let mut spec = k.clone();
         spec.schedule = Schedule::Manual(tiling);
         spec.staging = staging;
-        let w = driver::compile_one_to_dir(&spec, arch, out_dir, &Default::default(), None)
-            .map_err(|e| e.to_string())?;
+        let tuned = nibble_runtime::manifest::Tuned {
+            device: device_label.clone(),
+            m,
+            median_us: us,
+            candidates: measured,
+        };
+        let w = driver::compile_one_to_dir(
+            &spec,
+            arch,
+            out_dir,
+            &Default::default(),
+            None,
+            Some(tuned),
+        )
+        .map_err(|e| e.to_string())?;
         let _ = writeln!(
             stdout,
             "{}: fastest {us:.1} us, written to {}",
