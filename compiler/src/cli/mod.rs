@@ -76,8 +76,8 @@ pub enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
-    /// Time a compiled kernel on a GPU with random inputs: median of warm runs (HIP or CUDA events), weight traffic
-    /// in TB/s, TFLOP/s, and the HBM roofline of the arch.
+    /// Time compiled kernels on a GPU with random inputs: median of warm runs (HIP events; on CUDA each launch after
+    /// a 256 MB L2 flush, as `nibble-rt bench`), weight traffic in TB/s, TFLOP/s, and the HBM roofline of the arch.
     Bench {
         /// The kernels' manifests.
         #[arg(required = true)]
@@ -102,7 +102,7 @@ pub enum Command {
     },
     /// Measure the cost model's best candidate tilings of each `schedule auto` kernel on a GPU (on NVIDIA each with
     /// both stagings unless the kernel fixes one) and compile the fastest into DIR (its manifest records the chosen
-    /// tiling).
+    /// tiling and, under `tuned`, the measurement).
     Tune {
         /// The .nib file.
         file: PathBuf,
