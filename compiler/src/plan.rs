@@ -200,8 +200,8 @@ pub const NV_DECODE_MAX_M: u32 = 32;
 /// (docs/results/h100-session10/, found by `nibble tune`: gate/up 91.3 against 100.8-101.3 us at M = 16, 89.4
 /// against 92.4 at M = 8, 89.0 against 89.5 at M = 1; the same tiling takes the down projection's 128 such blocks
 /// to 54.5 against 51.3 us at M = 16). None for AMD targets, larger M, or N not a multiple of 32: the cost model
-/// decides there. The cost model ranks this tiling first (`costmodel::rank`), since it does not
-/// model warps along K, `cp.async` staging or 8-token atoms.
+/// decides there. The cost model ranks this tiling first (`costmodel::rank`), since it does not model warps along
+/// K, `cp.async` staging or 8-token atoms.
 pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling, Staging)> {
     if !arch.is_nvidia()
         || m == 0
@@ -227,11 +227,11 @@ pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling,
         stages: 2,
         split_k: None,
     };
-    let blocks = n / 32;
     let sms = arch.info().cus;
     if n.is_multiple_of(64) && k.is_multiple_of(256) && n / 64 >= 4 * sms {
         return Some((tiling(64, 256, 4, 1), Staging::Async));
     }
+    let blocks = n / 32;
     let tail = 2 * sms < blocks && blocks <= 4 * sms;
     if k.is_multiple_of(1024) && !tail {
         return Some((tiling(32, 1024, 2, 8), Staging::Async));

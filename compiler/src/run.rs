@@ -549,36 +549,49 @@ pub fn run_cuda(
 
 /// What [`time_cuda`] measured.
 pub struct CudaTiming {
-    /// Flushed launch times (the benchmark's method, `nibble_runtime::cuda::timing`).
-    pub times: nibble_runtime::cuda::timing::FlushedTimes,
+    /// Flushed launch times (the benchmark's method, `nibble_runtime::cuda::timing`), one per M asked for.
+    pub times: Vec<nibble_runtime::cuda::timing::FlushedTimes>,
     /// As in [`CudaOutput::device`].
     pub device: String,
 }
 
-/// Times the bundle's kernel on CUDA device `device` exactly as `nibble-rt bench` does: `warmup` untimed launches,
-/// then `iters` launches each after a 256 MB L2 flush. Inputs are validated and repacked before the device is
-/// touched.
+/// Times the bundle's kernel on CUDA device `device` exactly as `nibble-rt bench` does, at each M of `ms`:
+/// `warmup` untimed launches, then `iters` launches each after a 256 MB L2 flush. The inputs are uploaded once for
+/// their `inp.m` rows and smaller M launch on the same buffers, as in `nibble-rt bench`; they are validated and
+/// repacked before the device is touched.
 pub fn time_cuda(
     bundle: &Bundle,
     ptx: &[u8],
     inp: &LayerInputs,
     device: usize,
+    ms: &[u32],
     warmup: u32,
     iters: u32,
 ) -> Result<CudaTiming, CudaRunError> {
     use nibble_runtime::cuda::timing::Timer;
+    if let Some(&bad) = ms.iter().find(|&&m| m == 0 || m > inp.m) {
+        return Err(input_err(
+            "x",
+            format!("M = {bad} is outside the {} rows uploaded", inp.m),
+        )
+        .into());
+    }
     let (dev, kernel, case) = cuda_case(bundle, ptx, inp, device)?;
     let timer = Timer::new(&dev)?;
-    let launch = |st: &nibble_runtime::cuda::Stream| case.launch(&kernel, st);
-    timer.warm_up(warmup, &launch)?;
-    let times = timer.flushed(iters, &launch)?;
+    let mut times = vec![];
+    for &m in ms {
+        let launch = |st: &nibble_runtime::cuda::Stream| case.args().launch(&kernel, st, m);
+        timer.warm_up(warmup, &launch)?;
+        times.push(timer.flushed(iters, &launch)?);
+    }
     Ok(CudaTiming {
         times,
         device: device_name(&dev),
     })
 }
 
-fn device_name(dev: &nibble_runtime::cuda::Device) -> String {
+/// The device's name and compute capability, e.g. `NVIDIA H100 80GB HBM3 (sm_90)`.
+pub fn device_name(dev: &nibble_runtime::cuda::Device) -> String {
     let info = dev.info();
     format!("{} (sm_{}{})", info.name, info.major, info.minor)
 }

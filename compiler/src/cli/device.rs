@@ -34,43 +34,44 @@ pub(super) fn bench_cmd(
     }
     for (bundle, code) in &kernels {
         let man = &bundle.manifest;
-        let rows = ms
+        let rows: Vec<u32> = ms
             .iter()
             .copied()
-            .filter(|&m| (man.shapes.m_min..=man.shapes.m_max).contains(&m));
-        let mut any = false;
-        for m in rows {
-            any = true;
-            let inputs = crate::run::timing_inputs(man, m).map_err(|e| e.to_string())?;
-            let (median_us, detail, device_name) = if device == "cuda" {
-                let t = crate::run::time_cuda(bundle, code, &inputs, cuda_device()?, warmup, iters)
-                    .map_err(|e| e.to_string())?;
-                let d = format!(
-                    "flushed median {:.2} us (min {:.2}) of {} runs",
-                    t.times.median_us,
-                    t.times.min_us,
-                    iters.max(1)
-                );
-                (t.times.median_us, d, t.device)
-            } else {
-                let out =
-                    crate::run::run_hip(bundle, code, &inputs, 0, warmup as usize, iters as usize)
-                        .map_err(|e| e.to_string())?;
-                let median_us = median_us(&out.times_ms);
-                (
-                    median_us,
-                    format!("median {median_us:.2} us of {} runs", out.times_ms.len()),
-                    out.device_arch,
-                )
-            };
-            report(stdout, man, m, median_us, &detail, &device_name);
-        }
-        if !any {
+            .filter(|&m| (man.shapes.m_min..=man.shapes.m_max).contains(&m))
+            .collect();
+        let Some(&max_rows) = rows.iter().max() else {
             let _ = writeln!(
                 stdout,
                 "{}: no M of --m within its range {}..={}, not timed",
                 man.kernel, man.shapes.m_min, man.shapes.m_max
             );
+            continue;
+        };
+        if device == "cuda" {
+            // One upload at the largest M; the smaller ones launch on the same buffers.
+            let inputs = crate::run::timing_inputs(man, max_rows).map_err(|e| e.to_string())?;
+            let t =
+                crate::run::time_cuda(bundle, code, &inputs, cuda_device()?, &rows, warmup, iters)
+                    .map_err(|e| e.to_string())?;
+            for (&m, times) in rows.iter().zip(&t.times) {
+                let detail = format!(
+                    "flushed median {:.2} us (min {:.2}) of {} runs",
+                    times.median_us,
+                    times.min_us,
+                    iters.max(1)
+                );
+                report(stdout, man, m, times.median_us, &detail, &t.device);
+            }
+        } else {
+            for &m in &rows {
+                let inputs = crate::run::timing_inputs(man, m).map_err(|e| e.to_string())?;
+                let out =
+                    crate::run::run_hip(bundle, code, &inputs, 0, warmup as usize, iters as usize)
+                        .map_err(|e| e.to_string())?;
+                let median_us = median_us(&out.times_ms);
+                let detail = format!("median {median_us:.2} us of {} runs", out.times_ms.len());
+                report(stdout, man, m, median_us, &detail, &out.device_arch);
+            }
         }
     }
     Ok(())
@@ -151,7 +152,7 @@ pub(super) fn tune_cmd(
                 arch.name()
             ));
         }
-        format!("{} ({device_arch})", i.name)
+        crate::run::device_name(&dev)
     } else {
         let dev = nibble_runtime::hip::Device::open(0).map_err(|e| e.to_string())?;
         let device_arch = nibble_runtime::hip::arch_base(dev.arch());
@@ -291,12 +292,13 @@ fn time_candidate(
             &out.hsaco,
             &inputs,
             cuda_device()?,
+            &[m],
             TUNE_WARMUP,
             TUNE_ITERS,
         )
         .map_err(|e| e.to_string())?
-        .times
-        .median_us
+        .times[0]
+            .median_us
     } else {
         let out = crate::run::run_hip(
             &bundle,
