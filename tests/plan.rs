@@ -61,8 +61,11 @@ fn mxfp4_16x16_plan_matches_hand_computation() {
     assert_eq!(p.dequant.convert, Bf8Convert::Hardware);
     assert!(p.dequant.exact_pack, "e2m1 x e8m0 is exact in bf16");
     assert_eq!(p.scale_layout.exp_offset, 15);
-    // LDS: 2 stages x 32 rows x (256 + 8) bf16.
-    assert_eq!(p.lds_bytes, 2 * 32 * 264 * 2);
+    // LDS: 2 stages x 32 rows x 256 bf16, rows XOR-swizzled: padded to 264 they would take 33792 bytes and leave
+    // one workgroup (4 waves) per CU; at 32768 two fit.
+    assert!(p.x_swizzle);
+    assert_eq!(p.lds_row, 256);
+    assert_eq!(p.lds_bytes, 2 * 32 * 256 * 2);
     assert_eq!(
         p.grid,
         [
@@ -171,6 +174,39 @@ fn split_k_fills_the_cus_only_for_decode_tiles_with_few_n_tiles() {
     assert_eq!(choose_split_k(64, 32, 16, 1, Arch::Sm90), 8);
     assert_eq!(choose_split_k(256, 16, 16, 4, Arch::Sm90), 1);
     assert_eq!(choose_split_k(128, 16, 16, 4, Arch::Sm90), 2);
+}
+
+#[test]
+fn bf16_swizzle_spreads_reads_and_staging_stores_over_all_banks() {
+    use nibble_compiler::plan::Plan;
+    // 16-byte chunks (8 bf16) of an unpadded row of 128 or 256 elements, whose rows start on bank 0: chunk p
+    // covers banks 4(p % 8)..+3.
+    let banks = |chunks: &[u32]| {
+        let mut seen: Vec<u32> = chunks.iter().map(|p| p % 8).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen.len()
+    };
+    for chunk in 0..32u32 {
+        // Operand reads: 8 consecutive lanes read one logical chunk of 8 consecutive rows.
+        for r0 in [0u32, 8, 16, 24] {
+            let phys: Vec<u32> = (r0..r0 + 8).map(|r| Plan::x_chunk(r, chunk)).collect();
+            assert_eq!(banks(&phys), 8, "reads of chunk {chunk}");
+            assert!(
+                phys.iter().all(|p| p / 8 == chunk / 8),
+                "stays in its 8-chunk block"
+            );
+        }
+        // Without the swizzle the 8 rows hit the same four banks.
+        assert_eq!(banks(&[chunk; 8]), 1);
+    }
+    for row in 0..32u32 {
+        // Staging stores: 8 consecutive lanes write chunks j0..j0+8 of one row.
+        for j0 in (0..32u32).step_by(8) {
+            let phys: Vec<u32> = (j0..j0 + 8).map(|j| Plan::x_chunk(row, j)).collect();
+            assert_eq!(banks(&phys), 8, "stores of row {row} from chunk {j0}");
+        }
+    }
 }
 
 #[test]

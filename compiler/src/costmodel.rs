@@ -110,7 +110,9 @@ pub fn predict(
     s.schedule = Schedule::Manual(t);
     let p = plan::plan(&s, arch).ok()?;
     let info = arch.info();
-    if !budget::lds_fits(&t, info) || !budget::vgprs_fit(&t, spec.format.group, info) {
+    if !budget::lds_fits(&t, spec.format.group, info)
+        || !budget::vgprs_fit(&t, spec.format.group, info)
+    {
         return None;
     }
     let waves_per_wg = t.waves_m * t.waves_n * t.waves_k;
@@ -317,7 +319,8 @@ pub fn rank(spec: &KernelSpec, arch: Arch, m: u32, measure: bool) -> Vec<Predict
     let mut out: Vec<Prediction> = candidates(spec, arch)
         .into_iter()
         .filter(|t| {
-            budget::lds_fits(t, arch.info()) && budget::vgprs_fit(t, spec.format.group, arch.info())
+            budget::lds_fits(t, spec.format.group, arch.info())
+                && budget::vgprs_fit(t, spec.format.group, arch.info())
         })
         .filter_map(|t| {
             let measured = if measure {

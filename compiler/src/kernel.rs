@@ -344,6 +344,10 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
                 e.addi(l, e.muli(lo, c(4)?)?)?,
                 e.addi(l, e.muli(hi, c(4)?)?)?,
             ]);
+        } else if p.x_swizzle {
+            let phys = x_chunk(e, row, col)?;
+            let off = e.addi(l, e.muli(phys, c(8)?)?)?;
+            xs.local.push([off, off]);
         } else {
             let off = e.addi(l, col8)?;
             xs.local.push([off, off]);
@@ -387,15 +391,38 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
             Ok(())
         };
 
-    // A operand: lane reads 8 contiguous K of row lane % atom_m for both MFMAs of a pair.
+    // A operand: lane reads 8 contiguous K of row lane % atom_m for both MFMAs of a pair: chunk `pair * cpp + q`
+    // of the row (q = lane / atom_m < cpp). Padded rows: one offset per M tile, pair `pair` `pair * 2 * ak`
+    // further. Swizzled rows (`Plan::x_chunk`): pairs share an aligned block of 8 chunks `8 / cpp` at a time, so
+    // the swizzled offset depends on the pair's class `pair % classes`: one offset per class and M tile.
+    let cpp = 2 * ak / 8;
+    let classes = if p.x_swizzle { (8 / cpp).max(1) } else { 1 };
     let mut a_off = vec![];
     for ms in 0..p.m_tiles {
         let r0 = e.muli(wm, c(p.wave_m)?)?;
         let r = e.addi(r0, c(ms * am)?)?;
         let r = e.addi(r, lane_m)?;
         let ro = e.muli(r, c(p.lds_row)?)?;
-        let q8 = e.muli(lane_q, c(8)?)?;
-        a_off.push(slice_offset(e, kw, e.addi(ro, q8)?, p.k_slice)?);
+        let mut by_class = vec![];
+        for j in 0..classes {
+            let off = if p.x_swizzle {
+                let chunk = if j == 0 {
+                    lane_q
+                } else {
+                    e.addi(lane_q, c(j * cpp)?)?
+                };
+                let off = e.addi(ro, e.muli(x_chunk(e, r, chunk)?, c(8)?)?)?;
+                if j == 0 {
+                    off
+                } else {
+                    e.subi(off, c(j * cpp * 8)?)?
+                }
+            } else {
+                e.addi(ro, e.muli(lane_q, c(8)?)?)?
+            };
+            by_class.push(slice_offset(e, kw, off, p.k_slice)?);
+        }
+        a_off.push(by_class);
     }
 
     // xf32: the lane's 8 f32 of a pair are two swizzled chunks, 2q and 2q + 1 of the pair's 8; which XOR applies
@@ -552,8 +579,8 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         for pair in 0..p.pairs_per_iter {
             let mut a_lo = vec![];
             let mut a_hi = vec![];
-            for off in &a_off {
-                let idx = l.addi(sbase, *off)?;
+            for offs in &a_off {
+                let idx = l.addi(sbase, offs[(pair % classes) as usize])?;
                 let idx = l.addi(idx, l.idx(i64::from(pair * 2 * ak))?)?;
                 let av = l.vload(a.lds, idx, dq_ty)?;
                 a_lo.push(l.shuffle(av, av, &[0, 1, 2, 3], xt)?);
@@ -809,6 +836,16 @@ fn swizzled_chunk<'c, 'b>(
     let b3 = e.andi(b3, c(1)?)?;
     let x = e.xori(r7, b3)?;
     e.xori(chunk, x)
+}
+
+/// `Plan::x_chunk` in IR: `chunk ^ (row & 7)`.
+fn x_chunk<'c, 'b>(
+    e: &Emitter<'c, 'b>,
+    row: Value<'c, 'b>,
+    chunk: Value<'c, 'b>,
+) -> Result<Value<'c, 'b>, IrError> {
+    let r7 = e.andi(row, e.idx(7)?)?;
+    e.xori(chunk, r7)
 }
 
 /// Thread and workgroup ids the split-K epilogue needs.

@@ -17,7 +17,8 @@ use crate::spec::{
 
 /// Each lane loads its weight words 16 bytes at a time: 4 words = 4 MFMA pairs.
 pub const WORDS_PER_LANE: u32 = 4;
-/// bf16 elements of padding per LDS row of the activation tile, so rows do not start on the same bank.
+/// bf16 elements of padding per LDS row of the activation tile, so rows do not start on the same bank (unless the
+/// rows are swizzled instead: `Plan::x_swizzle`).
 pub const LDS_ROW_PAD: u32 = 8;
 /// SIMDs per CU on the AMD targets (occupancy of the xf32 route's LDS tile).
 const XF32_SIMDS: u32 = 4;
@@ -142,8 +143,12 @@ pub struct Plan {
     pub split_k: u32,
     pub iters_per_split: u32,
     pub threads: u32,
-    /// Activation rows in LDS are `lds_row` elements apart: `tile_k + LDS_ROW_PAD` (bf16/f16), `tile_k` (xf32 f32 tile).
+    /// Activation rows in LDS are `lds_row` elements apart: `tile_k + LDS_ROW_PAD` (bf16/f16), `tile_k` (xf32 f32
+    /// tile, swizzled bf16/f16 tile, wgmma core matrices).
     pub lds_row: u32,
+    /// AMD bf16/f16 tile: 16-byte chunks XOR-swizzled by `Plan::x_chunk` instead of padded rows, where that lets
+    /// more workgroups share a CU's LDS (`budget::x_swizzled`).
+    pub x_swizzle: bool,
     pub lds_stage_elems: u32,
     /// Elements of the workgroup buffer: the ring, or the in-workgroup split-K reduction if larger.
     pub lds_elems: u32,
@@ -363,9 +368,11 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         (wave_m / atom.m(), wave_n / atom.n())
     };
     let wgmma = wgmma_route(spec, &t, arch);
-    // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded; wgmma's core matrices
-    // need no padding.
-    let lds_row = if xf32 || wgmma {
+    // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded unless swizzling them
+    // (`Plan::x_chunk`) lets more workgroups share a CU (`budget::x_swizzled`); wgmma's core matrices need no
+    // padding.
+    let x_swizzle = !xf32 && crate::dsl::budget::x_swizzled(&t, spec.format.group, arch.info());
+    let lds_row = if xf32 || wgmma || x_swizzle {
         t.tile_k
     } else {
         t.tile_k + LDS_ROW_PAD
@@ -514,6 +521,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         iters_per_split: k_iters / split_k,
         threads,
         lds_row,
+        x_swizzle,
         lds_stage_elems,
         lds_elems,
         lds_bytes,
@@ -787,6 +795,15 @@ impl Plan {
     /// chunks 2j or 2j + 1 for 8 consecutive j) each cover all 32 banks once. Stays inside the aligned 8-chunk block.
     pub fn xf32_chunk(row: u32, chunk: u32) -> u32 {
         chunk ^ ((row % 8) ^ ((chunk / 8) % 2))
+    }
+
+    /// AMD bf16/f16 activation tile: physical 16-byte chunk (8 elements) of logical chunk `chunk` in row `row`.
+    /// Bits 0-2 of the chunk are XORed with the row's low 3 bits, so the 16-byte operand reads of 8 consecutive
+    /// lanes (8 consecutive rows, one chunk) and the staging stores of 8 consecutive lanes (one row, 8 consecutive
+    /// chunks) each cover all 32 banks once without padding. Stays inside the aligned 8-chunk block, so K slices
+    /// (multiples of 128 elements) keep their place.
+    pub fn x_chunk(row: u32, chunk: u32) -> u32 {
+        chunk ^ (row % 8)
     }
 
     /// Offset in groups of lane group `q`'s first scale: nonzero only when groups are finer than an MFMA pair.

@@ -5,8 +5,9 @@
 
 use crate::arch::{ArchInfo, Vendor};
 use crate::spec::Tiling;
+use nibble_runtime::codeobj::occupancy_waves_per_simd;
 
-/// Extra padding elements per LDS row of the activation tile (breaks bank conflicts).
+/// Extra padding elements per LDS row of the activation tile (breaks bank conflicts), unless [`x_swizzled`].
 pub const LDS_PAD_ELEMS: u64 = 8;
 /// Bytes per activation element in LDS (bf16 / f16).
 pub const LDS_ELEM_BYTES: u64 = 2;
@@ -30,14 +31,51 @@ pub fn max_waves(targets: &[&ArchInfo]) -> u32 {
 /// Most pipeline stages.
 pub const MAX_STAGES: u32 = 4;
 
-/// LDS bytes: `stages * tile_m * (tile_k + 8) * 2` (the x tile, double-buffered `stages` times, padded rows), or the
-/// in-workgroup split-K reduction if that is larger (it reuses the same buffer after the K loop).
-pub fn lds_bytes(t: &Tiling) -> u64 {
+/// The activation ring, `stages * tile_m * (tile_k + pad) * 2` bytes.
+fn ring_bytes(t: &Tiling, pad: u64) -> u64 {
     u64::from(t.stages)
         .saturating_mul(u64::from(t.tile_m))
-        .saturating_mul(u64::from(t.tile_k) + LDS_PAD_ELEMS)
+        .saturating_mul(u64::from(t.tile_k) + pad)
         .saturating_mul(LDS_ELEM_BYTES)
-        .max(reduce_bytes(t))
+}
+
+/// AMD bf16/f16 tiles: whether the activation rows are XOR-swizzled (`Plan::x_chunk`) instead of padded: only
+/// where dropping the padding raises the occupancy (waves per SIMD, as `nibble inspect` reports it, from the LDS
+/// and the VGPR estimate), e.g. a two-stage 64x128 prefill ring: 34.8 KiB padded, one workgroup per CU; 32 KiB
+/// swizzled, two. Padded rows need one LDS offset per M tile for every pair of a K iteration, swizzled rows one
+/// per pair class (`8 / chunks per pair` of them), which costs VALU in every iteration.
+pub fn x_swizzled(t: &Tiling, group: u32, arch: &ArchInfo) -> bool {
+    if arch.vendor != Vendor::Amd {
+        return false;
+    }
+    let lanes = u64::from(t.waves_m)
+        .saturating_mul(u64::from(t.waves_n))
+        .saturating_mul(u64::from(t.waves_k))
+        .saturating_mul(u64::from(arch.wave_size));
+    let (Ok(lanes), Ok(vgprs)) = (u32::try_from(lanes), u32::try_from(vgprs(t, group).total()))
+    else {
+        return false;
+    };
+    let reduce = reduce_bytes(t);
+    let occupancy = |pad: u64| {
+        u32::try_from(ring_bytes(t, pad).max(reduce))
+            .ok()
+            .and_then(|lds| occupancy_waves_per_simd(arch.name, vgprs, 0, lds, lanes))
+            .unwrap_or(0)
+    };
+    occupancy(0) > occupancy(LDS_PAD_ELEMS)
+}
+
+/// LDS bytes: `stages * tile_m * (tile_k + pad) * 2` (the x tile, double-buffered `stages` times; `pad` is
+/// [`LDS_PAD_ELEMS`] unless the rows are swizzled, [`x_swizzled`]), or the in-workgroup split-K reduction if that is
+/// larger (it reuses the same buffer after the K loop).
+pub fn lds_bytes(t: &Tiling, group: u32, arch: &ArchInfo) -> u64 {
+    let pad = if x_swizzled(t, group, arch) {
+        0
+    } else {
+        LDS_PAD_ELEMS
+    };
+    ring_bytes(t, pad).max(reduce_bytes(t))
 }
 
 /// LDS bytes of the xf32 route (gfx942, `plan::route`): `stages * tile_m * tile_k * 4`, f32 rows swizzled, not
@@ -112,8 +150,8 @@ pub fn vgprs(t: &Tiling, group: u32) -> VgprEstimate {
 }
 
 /// Whether the LDS estimate fits `arch`.
-pub fn lds_fits(t: &Tiling, arch: &ArchInfo) -> bool {
-    lds_bytes(t) <= u64::from(arch.lds_bytes)
+pub fn lds_fits(t: &Tiling, group: u32, arch: &ArchInfo) -> bool {
+    lds_bytes(t, group, arch) <= u64::from(arch.lds_bytes)
 }
 
 /// Whether the VGPR estimate fits `arch`.

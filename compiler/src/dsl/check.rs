@@ -1486,21 +1486,26 @@ impl Checker<'_> {
         group: u32,
         targets: &[Arch],
     ) {
-        let lds = budget::lds_bytes(t);
         let v = budget::vgprs(t, group);
-        // One error per distinct limit, naming every target that has it.
-        let mut lds_over: Vec<(u32, Vec<&str>)> = vec![];
+        // One error per distinct limit (and, for LDS, per distinct need), naming every target that has it.
+        let mut lds_over: Vec<((u32, u64), Vec<&str>)> = vec![];
         let mut vgpr_over: Vec<(u32, Vec<&str>)> = vec![];
         for a in targets {
             let info = a.info();
-            if !budget::lds_fits(t, info) {
-                push_grouped(&mut lds_over, info.lds_bytes, info.name);
+            if !budget::lds_fits(t, group, info) {
+                let need = budget::lds_bytes(t, group, info);
+                push_grouped(&mut lds_over, (info.lds_bytes, need), info.name);
             }
             if !budget::vgprs_fit(t, group, info) {
                 push_grouped(&mut vgpr_over, budget::max_vgprs(t, info), info.name);
             }
         }
-        for (limit, archs) in lds_over {
+        for ((limit, lds), archs) in lds_over {
+            let pad = if targets_swizzled(t, group, targets, &archs) {
+                0
+            } else {
+                budget::LDS_PAD_ELEMS
+            };
             self.err(
                 Error::new(
                     loc(unit, tile_s.span),
@@ -1514,12 +1519,15 @@ impl Checker<'_> {
                         t.waves_k, t.tile_m, t.tile_n
                     )
                 } else {
+                    let row = if pad > 0 {
+                        format!("(tile k {} + {pad} padding)", t.tile_k)
+                    } else {
+                        format!("tile k {}", t.tile_k)
+                    };
                     format!(
-                        "lds = stages {} x tile m {} x (tile k {} + {}) x {} bytes; use fewer stages or a smaller tile m or k",
+                        "lds = stages {} x tile m {} x {row} x {} bytes; use fewer stages or a smaller tile m or k",
                         t.stages,
                         t.tile_m,
-                        t.tile_k,
-                        budget::LDS_PAD_ELEMS,
                         budget::LDS_ELEM_BYTES
                     )
                 }),
@@ -1545,7 +1553,16 @@ impl Checker<'_> {
     }
 }
 
-fn push_grouped<'a>(groups: &mut Vec<(u32, Vec<&'a str>)>, limit: u32, arch: &'a str) {
+/// Whether the first of the targets named `archs` swizzles the activation rows (grouped LDS errors share one need).
+fn targets_swizzled(t: &Tiling, group: u32, targets: &[Arch], archs: &[&str]) -> bool {
+    targets
+        .iter()
+        .map(|a| a.info())
+        .find(|i| archs.contains(&i.name))
+        .is_some_and(|i| budget::x_swizzled(t, group, i))
+}
+
+fn push_grouped<'a, K: PartialEq>(groups: &mut Vec<(K, Vec<&'a str>)>, limit: K, arch: &'a str) {
     match groups.iter_mut().find(|(l, _)| *l == limit) {
         Some((_, archs)) => archs.push(arch),
         None => groups.push((limit, vec![arch])),

@@ -183,12 +183,14 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
             for a in &k.targets {
                 let info = a.info();
                 // The plan's workgroup buffer, whose layout depends on the route (f32 rows on gfx942's xf32 route,
-                // unpadded core matrices on wgmma); the checker's bf16 estimate where the kernel does not plan.
+                // unpadded core matrices on wgmma, unpadded swizzled rows where they buy occupancy); the checker's
+                // bf16 estimate where the kernel does not plan.
                 let (lds, route) = match crate::plan::plan(k, *a) {
                     Ok(p) if p.dequant.xf32 => (u64::from(p.lds_bytes), ", xf32 route"),
                     Ok(p) if p.wgmma => (u64::from(p.lds_bytes), ", wgmma route"),
+                    Ok(p) if p.x_swizzle => (u64::from(p.lds_bytes), ", swizzled rows"),
                     Ok(p) => (u64::from(p.lds_bytes), ""),
-                    Err(_) => (budget::lds_bytes(t), ""),
+                    Err(_) => (budget::lds_bytes(t, k.format.group, info), ""),
                 };
                 let _ = writeln!(
                     s,
