@@ -146,8 +146,8 @@ pub struct Plan {
     /// Activation rows in LDS are `lds_row` elements apart: `tile_k + LDS_ROW_PAD` (bf16/f16), `tile_k` (xf32 f32
     /// tile, swizzled bf16/f16 tile, wgmma core matrices).
     pub lds_row: u32,
-    /// AMD bf16/f16 tile: 16-byte chunks XOR-swizzled by `Plan::x_chunk` instead of padded rows, where that lets
-    /// more workgroups share a CU's LDS (`budget::x_swizzled`).
+    /// AMD bf16/f16 tile: 16-byte chunks XOR-swizzled by `Plan::x_chunk` instead of padded rows, where dropping
+    /// the padding raises the occupancy (`budget::x_swizzled`).
     pub x_swizzle: bool,
     pub lds_stage_elems: u32,
     /// Elements of the workgroup buffer: the ring, or the in-workgroup split-K reduction if larger.
@@ -369,8 +369,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     let wgmma = wgmma_route(spec, &t, arch);
     // The f32 tile's rows are XOR-swizzled (`Plan::xf32_chunk`), the bf16 tile's padded unless swizzling them
-    // (`Plan::x_chunk`) lets more workgroups share a CU (`budget::x_swizzled`); wgmma's core matrices need no
-    // padding.
+    // (`Plan::x_chunk`) raises the occupancy (`budget::x_swizzled`); wgmma's core matrices need no padding.
     let x_swizzle = !xf32 && crate::dsl::budget::x_swizzled(&t, spec.format.group, arch.info());
     let lds_row = if xf32 || wgmma || x_swizzle {
         t.tile_k
