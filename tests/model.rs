@@ -130,7 +130,7 @@ fn nvidia_targets_get_their_own_prefill_tiling() {
             );
             assert_eq!(
                 p.tiling,
-                nibble_compiler::plan::auto_tiling(spec, spec.targets[0])
+                nibble_compiler::plan::auto_tiling(spec, spec.targets[0]).expect("a tiling")
             );
             assert_eq!(p.tiling.tile_m, 16);
         }

@@ -250,3 +250,28 @@ fn xf32_swizzle_spreads_reads_and_staging_stores_over_all_banks() {
     let plain: Vec<u32> = (0..8u32).map(|j| (2 * j) ^ 3).collect();
     assert_eq!(banks(&plain), 4);
 }
+
+#[test]
+fn schedule_auto_without_a_fitting_tiling_is_an_error_that_says_why() {
+    let mut s = spec((2, 1, 1), ScaleType::E8m0, 32, false, MmaAtom::M16N16K16);
+    s.schedule = Schedule::Auto { m: 16 };
+    // The same spec with a divisible N plans.
+    assert!(plan(&s, Arch::Gfx942).is_ok());
+    for (n, k, want) in [
+        (1000, 2048, "N must be a multiple of 32; pad N to 1024"),
+        (1024, 2080, "K tiles are multiples of 128; pad K to 2176"),
+    ] {
+        s.n = n;
+        s.k = k;
+        assert!(nibble_compiler::plan::auto_tiling(&s, Arch::Gfx942).is_none());
+        match plan(&s, Arch::Gfx942) {
+            Err(PlanError::Unsupported { message, .. }) => {
+                assert!(message.contains(want), "{message}")
+            }
+            other => panic!(
+                "N={n} K={k}: expected an error, got {:?}",
+                other.map(|p| p.tiling)
+            ),
+        }
+    }
+}

@@ -254,23 +254,39 @@ pub fn nvidia_decode_rule(n: u32, k: u32, m: u32, arch: Arch) -> Option<(Tiling,
 
 /// The tiling `schedule auto` picks: the cost model's first candidate at the schedule's M (`schedule auto m=N`,
 /// `costmodel::AUTO_M` otherwise), which on NVIDIA decode shapes is `nvidia_decode_rule`'s tiling; from estimates
-/// only (compiling every candidate is `nibble plan --explain --measure`). Falls back to a fixed decode tiling when
-/// no candidate fits (the plan then explains what does not).
-pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Tiling {
+/// only (compiling every candidate is `nibble plan --explain --measure`). None when no candidate fits the shape
+/// and the budgets ([`no_auto_tiling`] says why).
+pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Option<Tiling> {
     crate::costmodel::rank(spec, arch, spec.auto_m(), false)
         .first()
         .map(|p| p.tiling)
-        .unwrap_or(Tiling {
-            tile_m: 16,
-            tile_n: 128,
-            tile_k: 256,
-            waves_m: 1,
-            waves_n: 4,
-            waves_k: 1,
-            mma: MmaAtom::M16N16K16,
-            stages: 2,
-            split_k: None,
-        })
+}
+
+/// Why `schedule auto` has no tiling for `spec` on `arch`, as an actionable sentence.
+pub fn no_auto_tiling(spec: &KernelSpec, arch: Arch) -> String {
+    let (n, k) = (spec.n, spec.k);
+    let min_n = crate::costmodel::MIN_AUTO_TILE_N;
+    let min_k = crate::dsl::budget::K_CHUNK;
+    if !n.is_multiple_of(min_n) {
+        format!(
+            "schedule auto has no tiling for N = {n} on {}: its tiles are 32, 64, 128 or 256 rows of the weight, so N \
+             must be a multiple of {min_n}; pad N to {} or write a manual tiling",
+            arch.name(),
+            u64::from(n).div_ceil(u64::from(min_n)) * u64::from(min_n)
+        )
+    } else if !k.is_multiple_of(min_k) {
+        format!(
+            "schedule auto has no tiling for K = {k} on {}: K tiles are multiples of {min_k}; pad K to {}",
+            arch.name(),
+            u64::from(k).div_ceil(u64::from(min_k)) * u64::from(min_k)
+        )
+    } else {
+        format!(
+            "schedule auto has no tiling for N = {n}, K = {k} on {} within its LDS and register budgets; write a \
+             manual tiling (`nibble check` reports its budget)",
+            arch.name()
+        )
+    }
 }
 
 pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
@@ -286,7 +302,9 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     };
     let t = match &spec.schedule {
         Schedule::Manual(t) => *t,
-        Schedule::Auto { .. } => auto_tiling(spec, arch),
+        Schedule::Auto { .. } => {
+            auto_tiling(spec, arch).ok_or_else(|| unsupported(no_auto_tiling(spec, arch)))?
+        }
     };
     let atom = t.mma;
     let fmt = &spec.format;
@@ -298,7 +316,8 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         || !spec.n.is_multiple_of(t.tile_n)
     {
         return Err(unsupported(format!(
-            "tile {}x{}x{} does not fit N={} K={} (tile_k must be a multiple of 128)",
+            "tile {}x{}x{} does not fit N={} K={} (tile n must divide N, tile k must divide K and be a multiple of \
+             128)",
             t.tile_m, t.tile_n, t.tile_k, spec.n, spec.k
         )));
     }

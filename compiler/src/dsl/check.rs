@@ -675,7 +675,7 @@ impl Checker<'_> {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        Some(KernelSpec {
+        let spec = KernelSpec {
             name: kname.clone(),
             targets: targets?,
             x: x_ty?,
@@ -688,7 +688,37 @@ impl Checker<'_> {
             staging: staging?,
             scales: scales?,
             source_hash,
-        })
+        };
+        // `schedule auto` must find a tiling on every target, or compile would be the first to say so.
+        if matches!(spec.schedule, Schedule::Auto { .. }) {
+            let stuck: Vec<&str> = spec
+                .targets
+                .iter()
+                .filter(|a| crate::plan::auto_tiling(&spec, **a).is_none())
+                .map(|a| a.name())
+                .collect();
+            if let Some(first) = spec.targets.iter().find(|a| stuck.contains(&a.name())) {
+                let (nv, nspan) = n?;
+                let (kv, kspan) = k?;
+                let span = if !nv.is_multiple_of(crate::costmodel::MIN_AUTO_TILE_N) {
+                    nspan
+                } else if !kv.is_multiple_of(budget::K_CHUNK) {
+                    kspan
+                } else {
+                    d.name.span
+                };
+                self.err(
+                    Error::new(
+                        loc(unit, span),
+                        format!("schedule auto finds no tiling on {}", stuck.join(", ")),
+                        "no tiling fits this",
+                    )
+                    .help(crate::plan::no_auto_tiling(&spec, *first)),
+                );
+                return None;
+            }
+        }
+        Some(spec)
     }
 
     /// `split S`: sets the manual tiling's cross-workgroup split-K; None after an error.
