@@ -176,17 +176,20 @@ fn split_k_fills_the_cus_only_for_decode_tiles_with_few_n_tiles() {
     assert_eq!(choose_split_k(128, 16, 16, 4, Arch::Sm90), 2);
 }
 
+/// How many distinct 4-bank groups the 16-byte chunks `chunks` of rows starting on bank 0 touch: LDS has 32 banks of
+/// 4 bytes, so chunk p covers banks 4(p % 8)..+3 and 8 chunks with distinct p % 8 cover all 32 once.
+fn bank_groups(chunks: &[u32]) -> usize {
+    let mut seen: Vec<u32> = chunks.iter().map(|p| p % 8).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
+}
+
 #[test]
 fn bf16_swizzle_spreads_reads_and_staging_stores_over_all_banks() {
     use nibble_compiler::plan::Plan;
-    // 16-byte chunks (8 bf16) of an unpadded row of 128 or 256 elements, whose rows start on bank 0: chunk p
-    // covers banks 4(p % 8)..+3.
-    let banks = |chunks: &[u32]| {
-        let mut seen: Vec<u32> = chunks.iter().map(|p| p % 8).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len()
-    };
+    // 16-byte chunks (8 bf16) of an unpadded row of 128 or 256 elements, whose rows start on bank 0.
+    let banks = bank_groups;
     for chunk in 0..32u32 {
         // Operand reads: 8 consecutive lanes read one logical chunk of 8 consecutive rows.
         for r0 in [0u32, 8, 16, 24] {
@@ -212,14 +215,8 @@ fn bf16_swizzle_spreads_reads_and_staging_stores_over_all_banks() {
 #[test]
 fn xf32_swizzle_spreads_reads_and_staging_stores_over_all_banks() {
     use nibble_compiler::plan::Plan;
-    // 16-byte chunks of a 256-f32 row; LDS has 32 banks of 4 bytes, so chunk p covers banks 4(p % 8)..+3 and 8
-    // chunks with distinct p % 8 cover all 32 once.
-    let banks = |chunks: &[u32]| {
-        let mut seen: Vec<u32> = chunks.iter().map(|p| p % 8).collect();
-        seen.sort_unstable();
-        seen.dedup();
-        seen.len()
-    };
+    // 16-byte chunks of a 256-f32 row.
+    let banks = bank_groups;
     for chunk in 0..64u32 {
         // A-operand reads: 8 consecutive lanes read one logical chunk of 8 consecutive rows.
         for r0 in [0u32, 8] {
