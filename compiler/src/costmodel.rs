@@ -240,14 +240,14 @@ pub fn predict(
 pub const MAX_WORDS_PER_LANE_ITER: u32 = 32;
 
 /// The tilings `schedule auto` considers for a shape.
-/// The smallest tile n among `schedule auto`'s candidates: N must be a multiple of it.
-pub const MIN_AUTO_TILE_N: u32 = 32;
+/// `schedule auto`'s candidate tile n, smallest first: N must be a multiple of the first.
+pub const AUTO_TILE_N: [u32; 4] = [32, 64, 128, 256];
 
 pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
     let mut out = vec![];
     for mma in arch.info().mfma_atoms.iter().copied() {
         for tile_m in [16u32, 32, 64] {
-            for tile_n in [MIN_AUTO_TILE_N, 64, 128, 256] {
+            for tile_n in AUTO_TILE_N {
                 for tile_k in [128u32, 256] {
                     for (waves_m, waves_n) in [(1u32, 1u32), (1, 2), (1, 4), (2, 2), (4, 1)] {
                         // Measured on the H100 (docs/PERFORMANCE.md): NVIDIA blocks under 4 warps were about 30%

@@ -405,21 +405,21 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let ro = e.muli(r, c(p.lds_row)?)?;
         let mut by_class = vec![];
         for j in 0..classes {
-            let off = if p.x_swizzle {
-                let chunk = if j == 0 {
-                    lane_q
-                } else {
-                    e.addi(lane_q, c(j * cpp)?)?
-                };
-                let off = e.addi(ro, e.muli(x_chunk(e, r, chunk)?, c(8)?)?)?;
-                if j == 0 {
-                    off
-                } else {
-                    e.subi(off, c(j * cpp * 8)?)?
-                }
+            // Class j's first chunk is j * cpp, whose 8 * j * cpp elements the pair loop adds back.
+            let (chunk, back) = if j == 0 {
+                (lane_q, None)
             } else {
-                e.addi(ro, e.muli(lane_q, c(8)?)?)?
+                (e.addi(lane_q, c(j * cpp)?)?, Some(j * cpp * 8))
             };
+            let phys = if p.x_swizzle {
+                x_chunk(e, r, chunk)?
+            } else {
+                chunk
+            };
+            let mut off = e.addi(ro, e.muli(phys, c(8)?)?)?;
+            if let Some(back) = back {
+                off = e.subi(off, c(back)?)?;
+            }
             by_class.push(slice_offset(e, kw, off, p.k_slice)?);
         }
         a_off.push(by_class);

@@ -262,30 +262,46 @@ pub fn auto_tiling(spec: &KernelSpec, arch: Arch) -> Option<Tiling> {
         .map(|p| p.tiling)
 }
 
-/// Why `schedule auto` has no tiling for `spec` on `arch`, as an actionable sentence.
-pub fn no_auto_tiling(spec: &KernelSpec, arch: Arch) -> String {
+/// What keeps `schedule auto` from tiling a kernel: N or K outside every candidate's multiples, or the budgets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoBlocker {
+    N,
+    K,
+    Budgets,
+}
+
+/// Why `schedule auto` has no tiling for `spec` on `arch`: which dimension, and an actionable sentence.
+pub fn no_auto_tiling(spec: &KernelSpec, arch: Arch) -> (AutoBlocker, String) {
     let (n, k) = (spec.n, spec.k);
-    let min_n = crate::costmodel::MIN_AUTO_TILE_N;
+    let tiles_n = crate::costmodel::AUTO_TILE_N;
+    let min_n = tiles_n[0];
     let min_k = crate::dsl::budget::K_CHUNK;
+    let pad = |v: u32, to: u32| u64::from(v).div_ceil(u64::from(to)) * u64::from(to);
     if !n.is_multiple_of(min_n) {
-        format!(
-            "schedule auto has no tiling for N = {n} on {}: its tiles are 32, 64, 128 or 256 rows of the weight, so N \
+        let (last, rest) = tiles_n.split_last().unwrap_or((&min_n, &[]));
+        let rest: Vec<String> = rest.iter().map(u32::to_string).collect();
+        let message = format!(
+            "schedule auto has no tiling for N = {n} on {}: its tiles are {} or {last} rows of the weight, so N \
              must be a multiple of {min_n}; pad N to {} or write a manual tiling",
             arch.name(),
-            u64::from(n).div_ceil(u64::from(min_n)) * u64::from(min_n)
-        )
+            rest.join(", "),
+            pad(n, min_n)
+        );
+        (AutoBlocker::N, message)
     } else if !k.is_multiple_of(min_k) {
-        format!(
+        let message = format!(
             "schedule auto has no tiling for K = {k} on {}: K tiles are multiples of {min_k}; pad K to {}",
             arch.name(),
-            u64::from(k).div_ceil(u64::from(min_k)) * u64::from(min_k)
-        )
+            pad(k, min_k)
+        );
+        (AutoBlocker::K, message)
     } else {
-        format!(
+        let message = format!(
             "schedule auto has no tiling for N = {n}, K = {k} on {} within its LDS and register budgets; write a \
              manual tiling (`nibble check` reports its budget)",
             arch.name()
-        )
+        );
+        (AutoBlocker::Budgets, message)
     }
 }
 
@@ -303,7 +319,7 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
     let t = match &spec.schedule {
         Schedule::Manual(t) => *t,
         Schedule::Auto { .. } => {
-            auto_tiling(spec, arch).ok_or_else(|| unsupported(no_auto_tiling(spec, arch)))?
+            auto_tiling(spec, arch).ok_or_else(|| unsupported(no_auto_tiling(spec, arch).1))?
         }
     };
     let atom = t.mma;

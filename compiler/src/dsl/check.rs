@@ -691,29 +691,27 @@ impl Checker<'_> {
         };
         // `schedule auto` must find a tiling on every target, or compile would be the first to say so.
         if matches!(spec.schedule, Schedule::Auto { .. }) {
-            let stuck: Vec<&str> = spec
+            let stuck: Vec<Arch> = spec
                 .targets
                 .iter()
-                .filter(|a| crate::plan::auto_tiling(&spec, **a).is_none())
-                .map(|a| a.name())
+                .copied()
+                .filter(|a| crate::plan::auto_tiling(&spec, *a).is_none())
                 .collect();
-            if let Some(first) = spec.targets.iter().find(|a| stuck.contains(&a.name())) {
-                let (nv, nspan) = n?;
-                let (kv, kspan) = k?;
-                let span = if !nv.is_multiple_of(crate::costmodel::MIN_AUTO_TILE_N) {
-                    nspan
-                } else if !kv.is_multiple_of(budget::K_CHUNK) {
-                    kspan
-                } else {
-                    d.name.span
+            if let Some(&first) = stuck.first() {
+                let (blocker, why) = crate::plan::no_auto_tiling(&spec, first);
+                let span = match blocker {
+                    crate::plan::AutoBlocker::N => n?.1,
+                    crate::plan::AutoBlocker::K => k?.1,
+                    crate::plan::AutoBlocker::Budgets => d.name.span,
                 };
+                let names: Vec<&str> = stuck.iter().map(|a| a.name()).collect();
                 self.err(
                     Error::new(
                         loc(unit, span),
-                        format!("schedule auto finds no tiling on {}", stuck.join(", ")),
+                        format!("schedule auto finds no tiling on {}", names.join(", ")),
                         "no tiling fits this",
                     )
-                    .help(crate::plan::no_auto_tiling(&spec, *first)),
+                    .help(why),
                 );
                 return None;
             }
@@ -1517,25 +1515,35 @@ impl Checker<'_> {
         targets: &[Arch],
     ) {
         let v = budget::vgprs(t, group);
-        // One error per distinct limit (and, for LDS, per distinct need), naming every target that has it.
-        let mut lds_over: Vec<((u32, u64), Vec<&str>)> = vec![];
+        // One error per distinct limit (and, for LDS, per distinct need and row layout), naming every target that has it.
+        let mut lds_over: Vec<(LdsOver, Vec<&str>)> = vec![];
         let mut vgpr_over: Vec<(u32, Vec<&str>)> = vec![];
         for a in targets {
             let info = a.info();
             if !budget::lds_fits(t, group, info) {
                 let need = budget::lds_bytes(t, group, info);
-                push_grouped(&mut lds_over, (info.lds_bytes, need), info.name);
+                let swizzled = budget::x_swizzled(t, group, info);
+                let over = LdsOver {
+                    limit: info.lds_bytes,
+                    need,
+                    swizzled,
+                };
+                push_grouped(&mut lds_over, over, info.name);
             }
             if !budget::vgprs_fit(t, group, info) {
                 push_grouped(&mut vgpr_over, budget::max_vgprs(t, info), info.name);
             }
         }
-        for ((limit, lds), archs) in lds_over {
-            let pad = if targets_swizzled(t, group, targets, &archs) {
-                0
-            } else {
-                budget::LDS_PAD_ELEMS
-            };
+        for (
+            LdsOver {
+                limit,
+                need: lds,
+                swizzled,
+            },
+            archs,
+        ) in lds_over
+        {
+            let pad = if swizzled { 0 } else { budget::LDS_PAD_ELEMS };
             self.err(
                 Error::new(
                     loc(unit, tile_s.span),
@@ -1583,13 +1591,12 @@ impl Checker<'_> {
     }
 }
 
-/// Whether the first of the targets named `archs` swizzles the activation rows (grouped LDS errors share one need).
-fn targets_swizzled(t: &Tiling, group: u32, targets: &[Arch], archs: &[&str]) -> bool {
-    targets
-        .iter()
-        .map(|a| a.info())
-        .find(|i| archs.contains(&i.name))
-        .is_some_and(|i| budget::x_swizzled(t, group, i))
+/// An LDS budget error shared by the targets with the same limit, need and row layout.
+#[derive(PartialEq)]
+struct LdsOver {
+    limit: u32,
+    need: u64,
+    swizzled: bool,
 }
 
 fn push_grouped<'a, K: PartialEq>(groups: &mut Vec<(K, Vec<&'a str>)>, limit: K, arch: &'a str) {
