@@ -74,11 +74,12 @@ pub fn estimated_valu_per_element(p: &Plan) -> f64 {
         let staging = f64::from(p.tiling.tile_m * p.tiling.tile_k) / f64::from(p.threads.max(1));
         return per_word / 8.0 + (8.0 + staging) / f64::from(p.elements_per_lane_iter.max(1));
     }
-    let per_word = match p.dequant.convert {
-        Bf8Convert::Hardware => 15.0,
-        Bf8Convert::ViaF16 => 23.0,
-        // 11 logic instructions and 4 packed multiplies (e2m1 into bf16).
-        Bf8Convert::Direct => 15.0,
+    let per_word = match (p.dequant.convert, &p.fragment) {
+        // The piece table's masks and shifts (9 for e2m1 into bf16) and 4 packed multiplies.
+        (_, Some(f)) => crate::dequant::fragment_logic_ops(&f.outputs) as f64 + 4.0,
+        (Bf8Convert::Hardware, None) => 15.0,
+        (Bf8Convert::ViaF16, None) => 23.0,
+        (Bf8Convert::Direct, None) => 15.0,
     };
     // Per-group accumulation drops the 4 packed scale multiplies of a word for 2 packed FMAs per scale group.
     let per_word = if p.dequant.group_accumulate {

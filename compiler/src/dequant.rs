@@ -27,6 +27,7 @@ use melior::IrRewriter;
 use crate::ir::{self, Emitter, IrError};
 use crate::kernel::{dtype, DEQUANT_FN};
 use crate::plan::{Bf8Convert, FragmentPlan, Plan, SecondHalf};
+use nibble_runtime::manifest::BitPiece;
 
 /// `func.func private @nibble_dequant(%word: i32, %scale: f32) -> vector<8xT>` with the reference body.
 pub fn build_reference_fn<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan) -> Result<(), IrError> {
@@ -247,9 +248,70 @@ fn fragment_reference<'c, 'b>(
     e.truncf(prod, e.vector(8, xt))
 }
 
-/// NVIDIA packed sequence: each operand register is the OR of its shifted, masked pieces of the word (the
-/// element bits land in bf16/f16 halves as element * 2^(bias - operand bias)), then one packed multiply by its
-/// row's repacked scale.
+/// One AND of an operand register: the word shifted (`rotate`: rotated left) by `shift`, masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FragmentTerm {
+    pub shift: i32,
+    pub rotate: bool,
+    pub mask: u32,
+}
+
+/// A register's pieces as the terms the kernel computes. Pieces `(s, hi)` and `(s - 32, lo)` with `hi` at or above
+/// bit `s` and `lo` below it read the word rotated left by `s`: one funnel shift and one mask instead of two of each.
+pub fn fragment_terms(pieces: &[BitPiece]) -> Vec<FragmentTerm> {
+    let mut used = vec![false; pieces.len()];
+    let mut terms = vec![];
+    for i in 0..pieces.len() {
+        if used[i] {
+            continue;
+        }
+        used[i] = true;
+        let a = pieces[i];
+        let partner = (0..pieces.len()).find(|&j| {
+            let b = pieces[j];
+            let (hi, lo) = if a.shift > 0 { (a, b) } else { (b, a) };
+            !used[j]
+                && (1..32).contains(&hi.shift)
+                && lo.shift == hi.shift - 32
+                && hi.mask & ((1u32 << hi.shift) - 1) == 0
+                && lo.mask >> hi.shift == 0
+        });
+        terms.push(match partner {
+            Some(j) => {
+                used[j] = true;
+                FragmentTerm {
+                    shift: a.shift.max(pieces[j].shift),
+                    rotate: true,
+                    mask: a.mask | pieces[j].mask,
+                }
+            }
+            None => FragmentTerm {
+                shift: a.shift,
+                rotate: false,
+                mask: a.mask,
+            },
+        });
+    }
+    terms
+}
+
+/// Logic instructions per word of a piece table: one mask per term, one shift per distinct shifted or rotated word
+/// (shared between registers).
+pub fn fragment_logic_ops(outputs: &[Vec<BitPiece>]) -> usize {
+    let terms: Vec<FragmentTerm> = outputs.iter().flat_map(|r| fragment_terms(r)).collect();
+    let mut shifts: Vec<(i32, bool)> = terms
+        .iter()
+        .filter(|t| t.shift != 0)
+        .map(|t| (t.shift, t.rotate))
+        .collect();
+    shifts.sort_unstable();
+    shifts.dedup();
+    terms.len() + shifts.len()
+}
+
+/// NVIDIA packed sequence: each operand register is the OR of its shifted (or rotated), masked terms of the word
+/// (the element bits land in bf16/f16 halves as element * 2^(bias - operand bias)), then one packed multiply by
+/// its row's repacked scale.
 fn fragment_bits<'c, 'b>(
     e: &Emitter<'c, 'b>,
     p: &Plan,
@@ -263,19 +325,23 @@ fn fragment_bits<'c, 'b>(
     let mut regs = vec![];
     for (r, pieces) in f.outputs.iter().enumerate() {
         let mut acc = None;
-        for piece in pieces {
-            let moved = match piece.shift {
-                0 => word,
-                s if s > 0 => {
-                    let c = e.i32c(i64::from(s))?;
-                    e.shli(word, c)?
-                }
-                s => {
-                    let c = e.i32c(i64::from(-s))?;
-                    e.shrui(word, c)?
-                }
+        for term in fragment_terms(pieces) {
+            let shl = |s: i32| -> Result<Value<'c, 'b>, IrError> {
+                let c = e.i32c(i64::from(s))?;
+                e.shli(word, c)
             };
-            let m = e.const_int(i64::from(piece.mask as i32), i32t)?;
+            let shr = |s: i32| -> Result<Value<'c, 'b>, IrError> {
+                let c = e.i32c(i64::from(s))?;
+                e.shrui(word, c)
+            };
+            // LLVM folds the rotate's OR of two shifts into one funnel shift (`shf.l.wrap`).
+            let moved = match term.shift {
+                0 => word,
+                s if term.rotate => e.ori(shl(s)?, shr(32 - s)?)?,
+                s if s > 0 => shl(s)?,
+                s => shr(-s)?,
+            };
+            let m = e.const_int(i64::from(term.mask as i32), i32t)?;
             let v = e.andi(moved, m)?;
             acc = Some(match acc {
                 None => v,

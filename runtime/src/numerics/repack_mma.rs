@@ -57,22 +57,26 @@ pub fn full_mask(mag_shift: u32) -> u32 {
 }
 
 /// The `(shift, mask)` pieces of the four A-fragment registers the compiler emits, for the magnitude's lowest bit
-/// `mag_shift` in each 16-bit half (6 and 5: e2m1 and e1m2 into bf16; 9 and 8: into f16). Found by exhaustive search
-/// over shifts (one piece with the whole sign+magnitude mask where a single shift brings all of a register's bits
-/// into place, else a magnitude piece and a sign piece): sign at bit 15 and a three-bit magnitude cannot tile a
-/// 32-bit word under shifts alone, so two registers need two pieces (11 logic instructions per 8 elements for e2m1
-/// into bf16). Any table that passes [`FragmentCodec::new`] is a valid layout; this is the one nibble uses.
+/// `mag_shift` in each 16-bit half (6 and 5: e2m1 and e1m2 into bf16; 9 and 8: into f16). Each register is the OR
+/// of its pieces, each piece one AND of the shifted word; a register whose pieces are `(s, hi)` and `(s - 32, lo)`
+/// (`hi` at or above bit `s`, `lo` below it) is the word rotated left by `s`, one funnel shift
+/// (`dequant::fragment_bits` merges them). Found by exhaustive search for the fewest shifts plus masks: sign at bit
+/// 15 and a three-bit magnitude cannot tile a 32-bit word under one rotation per register for e2m1 into bf16, so
+/// one register takes two pieces: 4 shifts and 5 masks, 9 logic instructions per 8 elements (the earlier table,
+/// without rotations, took 11). e1m2 into f16 tiles with rotations (3 shifts, 4 masks). Any table that passes
+/// [`FragmentCodec::new`] is a valid layout; this is the one nibble uses.
 pub fn fragment_pieces(mag_shift: u32) -> Option<Vec<Vec<BitPiece>>> {
     let full = full_mask(mag_shift);
     let sign = 0x8000_8000u32;
     let mag = full & !sign;
     let p = |shift: i32, mask: u32| BitPiece { shift, mask };
     let table = match mag_shift {
+        // Rotation by 26: bit 31 from word bit 5, the rest from 12..=30.
         6 => vec![
             vec![p(0, full)],
-            vec![p(3, full)],
-            vec![p(-3, mag), p(1, sign)],
-            vec![p(6, mag), p(2, sign)],
+            vec![p(4, full)],
+            vec![p(26, full & 0xFC00_0000), p(-6, full & 0x03FF_FFFF)],
+            vec![p(6, 0x80C0_80C0), p(-2, 0x0100_0100)],
         ],
         5 => vec![
             vec![p(0, full)],
@@ -86,11 +90,12 @@ pub fn fragment_pieces(mag_shift: u32) -> Option<Vec<Vec<BitPiece>>> {
             vec![p(6, mag), p(1, sign)],
             vec![p(9, mag), p(2, sign)],
         ],
+        // Rotation by 12: bits 8..=10 from word bits 28..=30, the rest from below.
         8 => vec![
             vec![p(0, full)],
             vec![p(4, full)],
             vec![p(8, full)],
-            vec![p(-4, mag), p(12, sign)],
+            vec![p(12, full & 0xFFFF_F000), p(-20, full & 0x0000_0FFF)],
         ],
         _ => return None,
     };

@@ -8,12 +8,6 @@ use super::super::reference::dequant_weight;
 use super::*;
 use crate::manifest::FragmentBits;
 
-const SIGN: u32 = 0x8000_8000;
-
-fn mag(l: u32) -> u32 {
-    (7 << l) | (7 << (l + 16))
-}
-
 fn p(shift: i32, mask: u32) -> BitPiece {
     BitPiece { shift, mask }
 }
@@ -380,12 +374,15 @@ fn bad_layouts_are_rejected() {
             }
         }
     };
-    assert!(bad(&set(1, vec![p(4, f)])).contains("used twice"));
-    assert!(bad(&set(2, vec![p(-3, mag(l))])).contains("cover"));
-    assert!(bad(&set(2, vec![p(-3, mag(l)), p(1, SIGN), p(1, SIGN)])).contains("overlaps"));
+    // Register 3 of the table: bits 6, 7 and 15 of each half shifted by 6, bit 8 by -2.
+    let (q1, q2) = (0x80C0_80C0, 0x0100_0100);
+    assert_eq!(q1 | q2, f);
+    assert!(bad(&set(1, vec![p(0, f)])).contains("used twice"));
+    assert!(bad(&set(3, vec![p(6, q1)])).contains("cover"));
+    assert!(bad(&set(3, vec![p(6, q1), p(-2, q2), p(-2, q2)])).contains("overlaps"));
     assert!(bad(&set(0, vec![p(0, f | 1)])).contains("outside"));
-    assert!(bad(&set(3, vec![p(20, mag(l)), p(2, SIGN)])).contains("word bit"));
-    assert!(bad(&set(3, vec![p(40, mag(l)), p(2, SIGN)])).contains("shift"));
+    assert!(bad(&set(3, vec![p(20, q1), p(-2, q2)])).contains("word bit"));
+    assert!(bad(&set(3, vec![p(40, q1), p(-2, q2)])).contains("shift"));
     assert!(bad(&|wl| wl.mag_shift = 7).contains("mag_shift"));
     assert!(bad(&|wl| wl.mask = 0x81C0_81C1).contains("mask"));
     assert!(bad(&|wl| wl.fragment = None).contains("fragment"));
