@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use nibble_compiler::arch::Arch;
 use nibble_compiler::driver::{compile_kernel, Stage};
+use nibble_compiler::plan::plan;
 use nibble_compiler::spec::{DType, KernelSpec};
 
 fn check_file(path: &str, src: &str) -> Vec<KernelSpec> {
@@ -122,6 +123,10 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
         ptx.contains(&format!(".maxntid {}, 1, 1", p.threads)),
         "{name}"
     );
+    match p.max_regs {
+        Some(r) => assert!(ptx.contains(&format!(".maxnreg {r}\n")), "{name}"),
+        None => assert!(!ptx.contains(".maxnreg"), "{name}"),
+    }
     let mma = match p.x {
         DType::Bf16 => "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
         DType::F16 => "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
@@ -526,4 +531,52 @@ fn nvidia_plans_reject_what_they_cannot_apply_exactly() {
         err.to_string().contains("cannot be applied exactly"),
         "{err}"
     );
+}
+
+/// Decode grids that need several blocks per SM to run in one wave cap ptxas's registers at what lets them
+/// (`.maxnreg`): the H100 measured `gate_up_t` (896 blocks of 128 threads, 7 per SM) at 110 us with the 80
+/// registers ptxas took and 91 us with 72 (docs/PERFORMANCE.md).
+#[test]
+fn decode_grids_cap_registers_to_run_in_one_wave() {
+    use nibble_compiler::plan::nv_max_regs;
+    let path = "bench/kernels/decode_nv.nib";
+    let src = std::fs::read_to_string(path).expect("readable");
+    let kernels = check_file(path, &src);
+    let find = |name: &str| {
+        kernels
+            .iter()
+            .find(|k| k.name == name)
+            .unwrap_or_else(|| panic!("{name} in {path}"))
+    };
+    // 57344 / 64 = 896 blocks: ceil(896 / 132) = 7 per SM, 65536 / (7 * 128) = 73 -> 72 (whole units of 8).
+    let gate_up_t = plan(find("gate_up_t"), Arch::Sm90).expect("plans");
+    assert_eq!(gate_up_t.max_regs, Some(72));
+    check_ptx(find("gate_up_t"), Arch::Sm90);
+    // o_ka: 256 blocks of 512 threads, 2 per SM, would leave 64 registers: under the floor, no cap.
+    let o_ka = plan(find("o_ka"), Arch::Sm90).expect("plans");
+    assert_eq!(o_ka.max_regs, None);
+    check_ptx(find("o_ka"), Arch::Sm90);
+    // Hand-computed cases of the rule itself.
+    assert_eq!(nv_max_regs(Arch::Sm90, 16, 320, 256, 33_280), Some(80));
+    assert_eq!(
+        nv_max_regs(Arch::Sm90, 16, 132, 256, 33_280),
+        None,
+        "one per SM"
+    );
+    assert_eq!(
+        nv_max_regs(Arch::Sm90, 16, 896, 128, 64 * 1024),
+        None,
+        "shared memory"
+    );
+    assert_eq!(
+        nv_max_regs(Arch::Sm90, 8, 2640, 128, 8192),
+        None,
+        "thread limit"
+    );
+    assert_eq!(
+        nv_max_regs(Arch::Sm90, 96, 896, 128, 16_896),
+        None,
+        "prefill tile"
+    );
+    assert_eq!(nv_max_regs(Arch::Gfx942, 16, 896, 128, 16_896), None, "AMD");
 }

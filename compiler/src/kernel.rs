@@ -227,20 +227,28 @@ where
     body(&e.at(entry), &args)?;
 
     let i64t = e.int(64);
+    let mut attrs = vec![
+        (e.ident("function_type"), e.func_type(&inputs, &[])),
+        (e.ident("sym_name"), e.string(&p.symbol)),
+        (e.ident("gpu.kernel"), melior::ir::Attribute::unit(ctx)),
+        (
+            e.ident("known_block_size"),
+            DenseI32ArrayAttribute::new(ctx, &[p.threads as i32, 1, 1]).into(),
+        ),
+        (
+            e.ident("workgroup_attributions"),
+            IntegerAttribute::new(i64t, i64::from(!p.dynamic_lds)).into(),
+        ),
+    ];
+    // PTX `.maxnreg`: a cap only (`.minnctapersm` would also let ptxas take more registers where it took fewer).
+    if let Some(r) = p.max_regs {
+        attrs.push((
+            e.ident("nvvm.maxnreg"),
+            IntegerAttribute::new(i32t, i64::from(r)).into(),
+        ));
+    }
     let func = OperationBuilder::new("gpu.func", e.loc)
-        .add_attributes(&[
-            (e.ident("function_type"), e.func_type(&inputs, &[])),
-            (e.ident("sym_name"), e.string(&p.symbol)),
-            (e.ident("gpu.kernel"), melior::ir::Attribute::unit(ctx)),
-            (
-                e.ident("known_block_size"),
-                DenseI32ArrayAttribute::new(ctx, &[p.threads as i32, 1, 1]).into(),
-            ),
-            (
-                e.ident("workgroup_attributions"),
-                IntegerAttribute::new(i64t, i64::from(!p.dynamic_lds)).into(),
-            ),
-        ])
+        .add_attributes(&attrs)
         .add_regions([region])
         .build()
         .map_err(|err| ir::emit::build_err("gpu.func", err))?;

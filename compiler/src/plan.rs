@@ -179,6 +179,9 @@ pub struct Plan {
     /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
     /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
     pub dynamic_lds: bool,
+    /// NVIDIA decode plans: the registers per thread that let the grid run in one wave, the kernel's cap on
+    /// ptxas (`.maxnreg`), see `nv_max_regs`.
+    pub max_regs: Option<u32>,
     pub weight_layout: WeightLayout,
     pub scale_layout: ScaleLayout,
     pub grid: [GridDim; 3],
@@ -614,6 +617,13 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         // (The wgmma route has no waves along K: it reads the whole tile in every warpgroup.)
         slice_sync: async_x && !wgmma && t.waves_k > 1,
         dynamic_lds,
+        max_regs: nv_max_regs(
+            arch,
+            t.tile_m,
+            (spec.n / t.tile_n) * split_k,
+            threads,
+            lds_bytes,
+        ),
         grid: [
             GridDim::Const {
                 value: spec.n / t.tile_n,
@@ -705,6 +715,44 @@ pub const NV_ATOM_TOKENS: u32 = 8;
 pub const NV_ATOM_K: u32 = 16;
 /// K covered by one 16-byte weight load of a lane on NVIDIA (4 words, one per m16n8k16 step).
 pub const NV_CHUNK_K: u32 = NV_ATOM_K * WORDS_PER_LANE;
+
+/// Registers per thread below which `nv_max_regs` sets no cap (the decode kernels use 48-80).
+pub const NV_MIN_REGS_FOR_OCCUPANCY: u32 = 72;
+
+/// NVIDIA decode plans (a token tile of at most 16): the most registers per thread that still let the grid of one
+/// token tile (`blocks`: N / tile_n x split_k) run in a single wave, which the kernel sets as ptxas's cap
+/// (`.maxnreg`) so that its register allocation cannot push the grid into a second wave. Measured on the H100
+/// (docs/PERFORMANCE.md): `gate_up_t`'s 896 blocks of 128 threads need 7 per SM, 72 registers; an allocation of 80
+/// left room for 6 and took 109.7 us at M = 16 against 91.2. None where one block per SM suffices, where the SM's
+/// threads or shared memory cannot hold the blocks (the grid takes several waves anyway), or where the cap would be
+/// under `NV_MIN_REGS_FOR_OCCUPANCY` (spilling would cost more than a wave).
+pub fn nv_max_regs(
+    arch: Arch,
+    tile_m: u32,
+    blocks: u32,
+    threads: u32,
+    lds_bytes: u32,
+) -> Option<u32> {
+    if !arch.is_nvidia() || tile_m > 16 || threads == 0 {
+        return None;
+    }
+    let info = arch.info();
+    let per_sm = blocks.div_ceil(info.cus);
+    let sm_threads = info.max_waves_per_simd * 4 * info.wave_size;
+    let sm_regs = info.regs_per_simd_lane * 4 * info.wave_size;
+    // Each resident block also holds 1 KiB of shared memory for the system.
+    let smem_fits = u64::from(per_sm) * (u64::from(lds_bytes) + 1024) <= NV_SM_SMEM_BYTES;
+    // Registers are allocated to warps in units of 8 per thread.
+    let regs = (sm_regs / (per_sm.max(1) * threads) / 8 * 8).min(info.max_vgprs);
+    (per_sm >= 2
+        && per_sm * threads <= sm_threads
+        && smem_fits
+        && regs >= NV_MIN_REGS_FOR_OCCUPANCY)
+        .then_some(regs)
+}
+
+/// Shared memory of one H100 SM (the 228 KiB configuration), of which a block may take 227 KiB.
+pub const NV_SM_SMEM_BYTES: u64 = 228 * 1024;
 
 /// Resident blocks per SM that NVIDIA decode plans aim at through split-K.
 pub const NV_BLOCKS_PER_SM: u32 = 4;
