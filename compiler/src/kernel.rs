@@ -240,7 +240,7 @@ where
             IntegerAttribute::new(i64t, i64::from(!p.dynamic_lds)).into(),
         ),
     ];
-    // PTX `.maxnreg`: a cap only (`.minnctapersm` would also let ptxas take more registers where it took fewer).
+    // PTX `.maxnreg`: ptxas's register budget for the kernel (see `plan::nv_max_regs`).
     if let Some(r) = p.max_regs {
         attrs.push((
             e.ident("nvvm.maxnreg"),

@@ -723,9 +723,11 @@ pub const NV_MIN_REGS_FOR_OCCUPANCY: u32 = 72;
 /// token tile (`blocks`: N / tile_n x split_k) run in a single wave, which the kernel sets as ptxas's cap
 /// (`.maxnreg`) so that its register allocation cannot push the grid into a second wave. Measured on the H100
 /// (docs/PERFORMANCE.md): `gate_up_t`'s 896 blocks of 128 threads need 7 per SM, 72 registers; an allocation of 80
-/// left room for 6 and took 109.7 us at M = 16 against 91.2. None where one block per SM suffices, where the SM's
-/// threads or shared memory cannot hold the blocks (the grid takes several waves anyway), or where the cap would be
-/// under `NV_MIN_REGS_FOR_OCCUPANCY` (spilling would cost more than a wave).
+/// left room for 6 and took 109.7 us at M = 16 against 91.2. ptxas takes the cap as its budget, so kernels that
+/// used fewer registers may grow into it: of the 14 benchmark decode kernels it changed, 10 were faster or equal
+/// and `gate_up_d2` 20% slower (docs/results/h100-session12/cap.log). None where one block per SM suffices, where
+/// the SM's threads or shared memory cannot hold the blocks (the grid takes several waves anyway), or where the cap
+/// would be under `NV_MIN_REGS_FOR_OCCUPANCY` (a kernel of the decode family would spill).
 pub fn nv_max_regs(
     arch: Arch,
     tile_m: u32,
@@ -738,6 +740,7 @@ pub fn nv_max_regs(
     }
     let info = arch.info();
     let per_sm = blocks.div_ceil(info.cus);
+    // Four sub-partitions (schedulers) per SM.
     let sm_threads = info.max_waves_per_simd * 4 * info.wave_size;
     let sm_regs = info.regs_per_simd_lane * 4 * info.wave_size;
     // Each resident block also holds 1 KiB of shared memory for the system.

@@ -60,11 +60,13 @@ pub fn full_mask(mag_shift: u32) -> u32 {
 /// `mag_shift` in each 16-bit half (6 and 5: e2m1 and e1m2 into bf16; 9 and 8: into f16). Each register is the OR
 /// of its pieces, each piece one AND of the shifted word; a register whose pieces are `(s, hi)` and `(s - 32, lo)`
 /// (`hi` at or above bit `s`, `lo` below it) is the word rotated left by `s`, one funnel shift
-/// (`dequant::fragment_bits` merges them). Found by exhaustive search for the fewest shifts plus masks: sign at bit
-/// 15 and a three-bit magnitude cannot tile a 32-bit word under one rotation per register for e2m1 into bf16, so
-/// one register takes two pieces: 4 shifts and 5 masks, 9 logic instructions per 8 elements (the earlier table,
-/// without rotations, took 11). e1m2 into f16 tiles with rotations (3 shifts, 4 masks). Any table that passes
-/// [`FragmentCodec::new`] is a valid layout; this is the one nibble uses.
+/// (the compiler's `dequant::fragment_terms` merges them). Found by exhaustive search: for e2m1 into bf16, sign at
+/// bit 15 and a three-bit magnitude cannot tile a 32-bit word with one shift or rotation per register, and no table
+/// of any shape needs fewer than 4 distinct shifts, so 4 shifts and 5 masks (three single-piece registers and one
+/// of two pieces) are the fewest: 9 logic instructions per 8 elements (the shift-only table took 11). e1m2 into f16 tiles with rotations (3 shifts, 4
+/// masks, 9 before). e1m2 into bf16 and e2m1 into f16 have no table of three single-piece registers and keep their
+/// shift-only ones (11; tables of two two-piece registers with rotations were not searched). Any
+/// table that passes [`FragmentCodec::new`] is a valid layout; this is the one nibble uses.
 pub fn fragment_pieces(mag_shift: u32) -> Option<Vec<Vec<BitPiece>>> {
     let full = full_mask(mag_shift);
     let sign = 0x8000_8000u32;
