@@ -46,6 +46,7 @@ pub fn spec(
             split_k: None,
         }),
         staging: None,
+        unroll: None,
         scales: None,
         source_hash: "h".into(),
     }

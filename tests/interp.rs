@@ -830,6 +830,7 @@ mod real {
                 split_k: None,
             }),
             staging: None,
+            unroll: None,
             scales: None,
             source_hash: "0".into(),
         };

@@ -105,6 +105,7 @@ fn kernel(f: Fmt, atom: MmaAtom, n: u32, k: u32, x: DType, bias: bool) -> Kernel
         bias: bias.then_some(x),
         schedule: Schedule::Manual(tiling([tile_m, 64, 128], [1, 2, 1], atom, 2, None)),
         staging: None,
+        unroll: None,
         scales: None,
         source_hash: "test".into(),
     }

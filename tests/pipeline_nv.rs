@@ -155,22 +155,34 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
         }
     } else {
         assert!(!ptx.contains("wgmma"), "{name}");
-        assert_eq!(
-            mmas,
-            p.m_tiles * p.n_tiles * p.pairs_per_iter,
-            "{name}: mma count"
-        );
+        // `unroll U`: U copies of the body, plus the remainder loop's where LLVM cannot rule one out.
+        let per_iter = p.m_tiles * p.n_tiles * p.pairs_per_iter;
+        if p.unroll > 1 {
+            assert!(
+                mmas >= p.unroll * per_iter && mmas.is_multiple_of(per_iter),
+                "{name}: mma count {mmas} with unroll {}",
+                p.unroll
+            );
+        } else {
+            assert_eq!(mmas, per_iter, "{name}: mma count");
+        }
     }
     // The scale is applied by packed 16-bit multiplies, four per weight word.
     let mul = match p.x {
         DType::Bf16 => "mul.rn.bf16x2",
         DType::F16 => "mul.rn.f16x2",
     };
-    assert_eq!(
-        ptx.matches(mul).count() as u32,
-        4 * p.n_tiles * p.pairs_per_iter,
-        "{name}: packed scale multiplies"
-    );
+    let muls = ptx.matches(mul).count() as u32;
+    let per_iter = 4 * p.n_tiles * p.pairs_per_iter;
+    if p.unroll > 1 {
+        assert!(
+            muls >= p.unroll * per_iter && muls.is_multiple_of(per_iter),
+            "{name}: packed scale multiplies {muls} with unroll {}",
+            p.unroll
+        );
+    } else {
+        assert_eq!(muls, per_iter, "{name}: packed scale multiplies");
+    }
     // Weights arrive as 16-byte loads.
     assert!(ptx.matches("ld.global.v4.b32").count() as u32 >= p.n_tiles * p.wchunks_per_iter);
     assert_eq!(p.weight_layout.id, "nibble.mma_sync_a.v1");

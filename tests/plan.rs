@@ -38,6 +38,7 @@ fn spec(elem: (u8, u8, i32), scale: ScaleType, group: u32, ts: bool, mma: MmaAto
             split_k: None,
         }),
         staging: None,
+        unroll: None,
         scales: None,
         source_hash: "h".into(),
     }

@@ -437,7 +437,11 @@ fn body<'c, 'b>(e: &Emitter<'c, 'b>, p: &Plan, a: &Args<'c, 'b>) -> Result<(), I
         let b = e.vbitcast(v, v1i)?;
         e.extract(b, 0, i32t)
     };
-    let results = e.for_loop(lb, ub, c(1)?, &inits, Unroll::Allow, |l, kt, it| {
+    let unroll = match p.unroll {
+        0 | 1 => Unroll::Allow,
+        u => Unroll::Count(u),
+    };
+    let results = e.for_loop(lb, ub, c(1)?, &inits, unroll, |l, kt, it| {
         let mut accs = it[..acc_count].to_vec();
         let wcur = it[acc_count..acc_count + nw].to_vec();
         let scur = it[acc_count + nw..acc_count + per_stage].to_vec();

@@ -179,6 +179,8 @@ pub struct Plan {
     /// NVIDIA: the workgroup buffer is dynamic shared memory (`lds_bytes` above the 48 KiB a block may declare
     /// statically); the manifest's `launch.dynamic_lds_bytes` tells the runtime to opt in and pass it at launch.
     pub dynamic_lds: bool,
+    /// NVIDIA: K steps per iteration of the K loop (`unroll U`; 1 on AMD, whose K loop is never unrolled).
+    pub unroll: u32,
     /// NVIDIA decode plans: the registers per thread that let the grid run in one wave, the kernel's cap on
     /// ptxas (`.maxnreg`), see `nv_max_regs`.
     pub max_regs: Option<u32>,
@@ -617,6 +619,11 @@ pub fn plan(spec: &KernelSpec, arch: Arch) -> Result<Plan, PlanError> {
         // (The wgmma route has no waves along K: it reads the whole tile in every warpgroup.)
         slice_sync: async_x && !wgmma && t.waves_k > 1,
         dynamic_lds,
+        unroll: if arch.is_nvidia() {
+            spec.unroll.unwrap_or(1)
+        } else {
+            1
+        },
         max_regs: nv_max_regs(
             arch,
             t.tile_m,

@@ -195,6 +195,9 @@ pub struct KernelSpec {
     /// `scales bytes|widened`: how NVIDIA kernels read E8M0 scales (None: bytes wherever the layout applies, E8M0
     /// scales with bf16 activations). AMD targets read f32 scales either way.
     pub scales: Option<ScaleStorage>,
+    /// `unroll U`: NVIDIA kernels' K loop unrolled U times (None: left to LLVM, which keeps the loop). AMD targets
+    /// never unroll it.
+    pub unroll: Option<u32>,
     /// Hex SHA-256 (or other stable hash) of the kernel's source text including the formats it uses.
     pub source_hash: String,
 }

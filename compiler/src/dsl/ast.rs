@@ -199,6 +199,8 @@ pub enum KernelStmtKind {
     Split(Num),
     /// `staging async|registers` (NVIDIA targets)
     Staging(Ident),
+    /// `unroll U` (NVIDIA targets: the K loop unrolled U times)
+    Unroll(Num),
     /// `scales bytes|widened` (NVIDIA targets)
     Scales(Ident),
     /// `schedule auto [m=N]`
@@ -217,6 +219,7 @@ impl KernelStmtKind {
             KernelStmtKind::Stages(_) => "stages",
             KernelStmtKind::Split(_) => "split",
             KernelStmtKind::Staging(_) => "staging",
+            KernelStmtKind::Unroll(_) => "unroll",
             KernelStmtKind::Scales(_) => "scales",
             KernelStmtKind::Schedule(..) => "schedule",
         }

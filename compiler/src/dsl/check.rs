@@ -47,6 +47,8 @@ pub const ATOMS: &[((u32, u32, u32), MmaAtom)] = &[
 pub const BIAS_RANGE: (i64, i64) = (-128, 127);
 /// The name of the dynamic token dimension.
 pub const DYNAMIC_DIM: &str = "M";
+/// Largest `unroll` factor.
+pub const MAX_UNROLL: u32 = 4;
 
 const TILING_KEYWORDS: &[&str] = &["tile", "waves", "mma", "stages"];
 
@@ -655,6 +657,7 @@ impl Checker<'_> {
             None => schedule,
         };
         let staging = self.staging(unit, seen.get("staging").copied(), schedule.as_ref());
+        let unroll = self.unroll(unit, seen.get("unroll").copied(), targets.as_deref());
         let scales = self.scales(
             unit,
             seen.get("scales").copied(),
@@ -687,6 +690,7 @@ impl Checker<'_> {
             schedule: schedule?,
             staging: staging?,
             scales: scales?,
+            unroll: unroll?,
             source_hash,
         };
         // `schedule auto` must find a tiling on every target, or compile would be the first to say so.
@@ -831,6 +835,49 @@ impl Checker<'_> {
             }
         }
         Some(Some(staging))
+    }
+
+    /// `unroll U` (1 to `MAX_UNROLL`, a kernel with an NVIDIA target): Some(None) when absent, None after an error.
+    fn unroll(
+        &mut self,
+        unit: &Unit,
+        s: Option<&KernelStmt>,
+        targets: Option<&[Arch]>,
+    ) -> Option<Option<u32>> {
+        let Some(s) = s else { return Some(None) };
+        let KernelStmtKind::Unroll(num) = &s.kind else {
+            return None;
+        };
+        if !(1..=MAX_UNROLL).contains(&num.value) {
+            self.err(
+                Error::new(
+                    loc(unit, num.span),
+                    format!("unroll {} is out of range", num.value),
+                    format!("expected 1 to {MAX_UNROLL}"),
+                )
+                .help(
+                    "`unroll U` has one K loop iteration take U K steps (1 leaves the loop as it is); each step \
+                     repeats the loop body, so larger factors mostly grow the registers",
+                ),
+            );
+            return None;
+        }
+        // Without targets the other checks have reported the error.
+        if !targets?.iter().any(|a| a.is_nvidia()) {
+            self.err(
+                Error::new(
+                    loc(unit, s.span),
+                    "`unroll` applies to NVIDIA targets only",
+                    "no target of this kernel unrolls its K loop",
+                )
+                .help(
+                    "AMD kernels keep one K step per loop iteration; add an NVIDIA target such as `sm_90`, or \
+                     remove `unroll`",
+                ),
+            );
+            return None;
+        }
+        Some(Some(num.value))
     }
 
     /// `scales bytes|widened`: Some(None) when absent (the planner's default), None after an error. One-byte scales

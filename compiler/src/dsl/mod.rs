@@ -145,10 +145,12 @@ pub fn describe_kernel(k: &KernelSpec) -> String {
         let _ = writeln!(s, "  bias      {}[{}]", b.name(), k.n);
     }
     let _ = writeln!(s, "  format    {}", describe_format(&k.format));
-    // (Both statements only matter to the NVIDIA targets.)
+    // (These statements only matter to the NVIDIA targets.)
+    let unroll = k.unroll.map(|u| format!("{u} K steps per loop iteration"));
     let nv_lines = [
-        ("staging", k.staging.map(|st| st.name())),
-        ("scales", k.scales.map(|sc| sc.name())),
+        ("staging", k.staging.map(|st| st.name().to_string())),
+        ("scales", k.scales.map(|sc| sc.name().to_string())),
+        ("unroll", unroll),
     ];
     for (key, value) in nv_lines {
         if let Some(v) = value {

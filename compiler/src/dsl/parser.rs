@@ -15,7 +15,7 @@ pub const MAX_DEPTH: usize = 16;
 /// Statement keywords of a kernel block, for messages.
 pub const KERNEL_STATEMENTS: &[&str] = &[
     "target", "x", "w", "y", "bias", "tile", "waves", "mma", "stages", "split", "staging",
-    "scales", "schedule",
+    "unroll", "scales", "schedule",
 ];
 const FORMAT_STATEMENTS: &[&str] = &["element", "scale", "tensor_scale"];
 const ELEMENT_FIELDS: &[&str] = &["exp", "man", "bias"];
@@ -455,6 +455,9 @@ impl Parser<'_> {
             "stages" => KernelStmtKind::Stages(self.num("the number of pipeline stages")?),
             "split" => KernelStmtKind::Split(self.num("the number of workgroups splitting K")?),
             "staging" => KernelStmtKind::Staging(self.ident("`async` or `registers`")?),
+            "unroll" => {
+                KernelStmtKind::Unroll(self.num("how many K steps one loop iteration takes")?)
+            }
             "scales" => KernelStmtKind::Scales(self.ident("`bytes` or `widened`")?),
             "schedule" => {
                 let name = self.ident("`auto`")?;

@@ -43,6 +43,9 @@ pub enum Cmp {
 pub enum Unroll {
     Allow,
     Disable,
+    /// `llvm.loop.unroll.count`: LLVM unrolls the loop this many times (with a remainder loop where the trip count
+    /// is not a multiple).
+    Count(u32),
 }
 
 /// Emits ops at the end of one block. Cheap to copy; nested regions get their own `Emitter`.
@@ -619,13 +622,17 @@ impl<'c, 'b> Emitter<'c, 'b> {
             .add_operands(&operands)
             .add_results(&types)
             .add_regions([region]);
-        if unroll == Unroll::Disable {
-            // scf-to-cf carries the for's discardable attributes onto the latch branch, and the LLVM translation
-            // turns this one into the branch's loop metadata.
-            builder = builder.add_attributes(&[(
-                self.ident("loop_annotation"),
-                self.attr("#llvm.loop_annotation<unroll = <disable = true>>")?,
-            )]);
+        // scf-to-cf carries the for's discardable attributes onto the latch branch, and the LLVM translation turns
+        // this one into the branch's loop metadata.
+        let annotation = match unroll {
+            Unroll::Allow => None,
+            Unroll::Disable => Some("#llvm.loop_annotation<unroll = <disable = true>>".to_string()),
+            Unroll::Count(n) => Some(format!(
+                "#llvm.loop_annotation<unroll = <count = {n} : i32>>"
+            )),
+        };
+        if let Some(a) = annotation {
+            builder = builder.add_attributes(&[(self.ident("loop_annotation"), self.attr(&a)?)]);
         }
         let op = builder.build().map_err(|e| build_err("scf.for", e))?;
         Ok(self.append(op))
