@@ -69,6 +69,19 @@ fn shared_bytes(ptx: &str) -> u32 {
         .sum()
 }
 
+/// `count` instructions of which the K loop body holds `per_iter`: one body, or with `unroll U` U copies plus the
+/// remainder loop's where LLVM cannot rule one out.
+fn loop_copies(count: u32, per_iter: u32, unroll: u32, what: &str) {
+    if unroll > 1 {
+        assert!(
+            count >= unroll * per_iter && count.is_multiple_of(per_iter),
+            "{what}: {count} with unroll {unroll} ({per_iter} per K step)"
+        );
+    } else {
+        assert_eq!(count, per_iter, "{what}");
+    }
+}
+
 fn check_ptx(spec: &KernelSpec, arch: Arch) {
     let emit: BTreeSet<Stage> = BTreeSet::new();
     let out = compile_kernel(spec, arch, &emit)
@@ -155,17 +168,8 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
         }
     } else {
         assert!(!ptx.contains("wgmma"), "{name}");
-        // `unroll U`: U copies of the body, plus the remainder loop's where LLVM cannot rule one out.
         let per_iter = p.m_tiles * p.n_tiles * p.pairs_per_iter;
-        if p.unroll > 1 {
-            assert!(
-                mmas >= p.unroll * per_iter && mmas.is_multiple_of(per_iter),
-                "{name}: mma count {mmas} with unroll {}",
-                p.unroll
-            );
-        } else {
-            assert_eq!(mmas, per_iter, "{name}: mma count");
-        }
+        loop_copies(mmas, per_iter, p.unroll, &format!("{name}: mma count"));
     }
     // The scale is applied by packed 16-bit multiplies, four per weight word.
     let mul = match p.x {
@@ -174,15 +178,12 @@ fn check_ptx(spec: &KernelSpec, arch: Arch) {
     };
     let muls = ptx.matches(mul).count() as u32;
     let per_iter = 4 * p.n_tiles * p.pairs_per_iter;
-    if p.unroll > 1 {
-        assert!(
-            muls >= p.unroll * per_iter && muls.is_multiple_of(per_iter),
-            "{name}: packed scale multiplies {muls} with unroll {}",
-            p.unroll
-        );
-    } else {
-        assert_eq!(muls, per_iter, "{name}: packed scale multiplies");
-    }
+    loop_copies(
+        muls,
+        per_iter,
+        p.unroll,
+        &format!("{name}: packed scale multiplies"),
+    );
     // Weights arrive as 16-byte loads.
     assert!(ptx.matches("ld.global.v4.b32").count() as u32 >= p.n_tiles * p.wchunks_per_iter);
     assert_eq!(p.weight_layout.id, "nibble.mma_sync_a.v1");
