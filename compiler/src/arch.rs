@@ -24,6 +24,9 @@ pub enum Vendor {
     Nvidia,
 }
 
+/// SIMDs per CU on the AMD targets, sub-partitions (schedulers) per SM on the NVIDIA ones: four on every target.
+pub const SIMDS_PER_CU: u32 = 4;
+
 /// Per-arch facts (../shared/reference/targets.md, mfma-layouts.md).
 #[derive(Debug, Clone, Copy)]
 pub struct ArchInfo {

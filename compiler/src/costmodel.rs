@@ -240,10 +240,10 @@ pub fn predict(
 /// Weight words (8 elements) one lane dequantizes per K iteration, at most, in `schedule auto`'s candidates.
 pub const MAX_WORDS_PER_LANE_ITER: u32 = 32;
 
-/// The tilings `schedule auto` considers for a shape.
 /// `schedule auto`'s candidate tile n, smallest first: N must be a multiple of the first.
 pub const AUTO_TILE_N: [u32; 4] = [32, 64, 128, 256];
 
+/// The tilings `schedule auto` considers for a shape.
 pub fn candidates(spec: &KernelSpec, arch: Arch) -> Vec<Tiling> {
     let mut out = vec![];
     for mma in arch.info().mfma_atoms.iter().copied() {

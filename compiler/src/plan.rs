@@ -20,8 +20,6 @@ pub const WORDS_PER_LANE: u32 = 4;
 /// bf16 elements of padding per LDS row of the activation tile, so rows do not start on the same bank (unless the
 /// rows are swizzled instead: `Plan::x_swizzle`).
 pub const LDS_ROW_PAD: u32 = 8;
-/// SIMDs per CU on the AMD targets (occupancy of the xf32 route's LDS tile).
-const XF32_SIMDS: u32 = 4;
 /// FNUZ bf8 exponent bias: `word & mask` bytes read as element * 2^(bias - BF8_BIAS).
 pub const BF8_BIAS: i32 = 16;
 /// Buffer offsets are 32-bit signed in the generated code.
@@ -701,7 +699,7 @@ pub fn route(spec: &KernelSpec, t: &Tiling, arch: Arch) -> Route {
     // shared by ceil(8 / waves) workgroups), or the occupancy lost costs more than the packs saved.
     let f32_tile_bytes = crate::dsl::budget::lds_bytes_f32(t);
     let waves = u64::from((t.waves_m * t.waves_n * t.waves_k).max(1));
-    let wgs_for_two_waves = (2 * u64::from(XF32_SIMDS)).div_ceil(waves);
+    let wgs_for_two_waves = (2 * u64::from(crate::arch::SIMDS_PER_CU)).div_ceil(waves);
     let xf32 = arch == Arch::Gfx942
         && group_accumulate
         && f32_tile_bytes * wgs_for_two_waves <= u64::from(arch.info().lds_bytes);
@@ -747,9 +745,8 @@ pub fn nv_max_regs(
     }
     let info = arch.info();
     let per_sm = blocks.div_ceil(info.cus);
-    // Four sub-partitions (schedulers) per SM.
-    let sm_threads = info.max_waves_per_simd * 4 * info.wave_size;
-    let sm_regs = info.regs_per_simd_lane * 4 * info.wave_size;
+    let sm_threads = info.max_waves_per_simd * crate::arch::SIMDS_PER_CU * info.wave_size;
+    let sm_regs = info.regs_per_simd_lane * crate::arch::SIMDS_PER_CU * info.wave_size;
     // Each resident block also holds 1 KiB of shared memory for the system.
     let smem_fits = u64::from(per_sm) * (u64::from(lds_bytes) + 1024) <= NV_SM_SMEM_BYTES;
     // Registers are allocated to warps in units of 8 per thread.

@@ -168,8 +168,11 @@ pub fn max_vgprs(t: &Tiling, arch: &ArchInfo) -> u32 {
         .saturating_mul(t.waves_k)
         .max(1);
     if arch.vendor == Vendor::Nvidia {
-        arch.max_vgprs
-            .min(arch.regs_per_simd_lane.saturating_mul(4) / waves)
+        arch.max_vgprs.min(
+            arch.regs_per_simd_lane
+                .saturating_mul(crate::arch::SIMDS_PER_CU)
+                / waves,
+        )
     } else {
         arch.max_vgprs
     }

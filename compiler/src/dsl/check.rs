@@ -1567,13 +1567,12 @@ impl Checker<'_> {
         let mut vgpr_over: Vec<(u32, Vec<&str>)> = vec![];
         for a in targets {
             let info = a.info();
-            if !budget::lds_fits(t, group, info) {
-                let need = budget::lds_bytes(t, group, info);
-                let swizzled = budget::x_swizzled(t, group, info);
+            let need = budget::lds_bytes(t, group, info);
+            if need > u64::from(info.lds_bytes) {
                 let over = LdsOver {
                     limit: info.lds_bytes,
                     need,
-                    swizzled,
+                    swizzled: budget::x_swizzled(t, group, info),
                 };
                 push_grouped(&mut lds_over, over, info.name);
             }

@@ -39,11 +39,6 @@ impl Timer {
         })
     }
 
-    /// The stream every launch of a measurement must go to.
-    pub fn stream(&self) -> &Stream {
-        &self.stream
-    }
-
     /// `warmup` untimed launches.
     pub fn warm_up(
         &self,
